@@ -1,0 +1,330 @@
+"""A Twisted client for the wsha gateway that speaks docs/protocol.md.
+
+It remembers the last inbox id it saw and resumes after it, acknowledges what
+it received, keeps every send until the gateway acknowledges it and re-sends
+it with the same id after a reconnect, and reconnects with capped, fully
+jittered exponential backoff, deciding from the close code what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable
+from urllib.parse import urlencode, urlparse
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+
+from wsha import wire
+
+Token = str | Callable[[], str]
+
+# What the client does after each close code (docs/protocol.md, "Close codes").
+STOP_CODES = {wire.CLOSE_TAKEN_OVER, wire.CLOSE_POLICY}
+NOW_CODES = {wire.CLOSE_RESTARTING}
+
+
+class SendRejected(Exception):
+    """The gateway refused a send for good (``retry`` false); ``code`` says why."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+@dataclass
+class ClientStats:
+    """Counters an application or a test can read."""
+
+    connects: int = 0
+    messages: int = 0
+    duplicates_dropped: int = 0
+    resends: int = 0
+    closes: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass
+class Backoff:
+    """Capped exponential backoff with full jitter: uniform(0, min(cap, base*2^n))."""
+
+    base: float = 0.2
+    cap: float = 15.0
+    attempts: int = 0
+
+    def next_delay(self, rng: random.Random) -> float:
+        """The wait before the next attempt; each call counts one attempt."""
+        delay = rng.uniform(0, min(self.cap, self.base * (2**self.attempts)))
+        self.attempts += 1
+        return delay
+
+    def reset(self) -> None:
+        """Start over after a connection that worked."""
+        self.attempts = 0
+
+
+class _ClientProtocol(WebSocketClientProtocol):
+    owner: GatewayClient | None = None
+
+    def onOpen(self) -> None:
+        self.owner = self.factory.owner
+        self.owner._opened(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self.owner is not None and not isBinary:
+            self.owner._frame(self, json.loads(payload))
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        owner = self.owner or self.factory.owner
+        owner._closed(self, code, reason)
+
+
+class GatewayClient:
+    """A resuming, retrying client of one user session.
+
+    :param reactor: the reactor.
+    :param url: the gateway's WebSocket URL, e.g. ``ws://127.0.0.1:8080/ws``.
+    :param token: a JWT, or a callable returning a fresh one (called per connect).
+    :param session: this device's session id.
+    :param on_message: called with each new ``message`` frame, in inbox order.
+    :param bind_address: the local address to connect from, if not the default.
+    :param after: the last inbox id this device saw in an earlier life.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        url: str,
+        token: Token,
+        session: str,
+        on_message: Callable[[dict[str, Any]], None],
+        bind_address: str | None = None,
+        after: str | None = None,
+        ack_interval: float = 0.05,
+        ping_interval: float = 10.0,
+        ping_timeout: float = 5.0,
+        rng: random.Random | None = None,
+    ):
+        self._reactor = reactor
+        self.url = url
+        self._token = token
+        self.session = session
+        self._on_message = on_message
+        self.bind_address = bind_address
+        self.last_id = after
+        self._ack_interval = ack_interval
+        self._ping = (ping_interval, ping_timeout)
+        self._rng = rng or random.Random()
+        self.backoff = Backoff()
+        self.stats = ClientStats()
+        self.welcome: dict[str, Any] | None = None
+        self.on_welcome: Callable[[dict[str, Any]], None] | None = None
+        self.on_stopped: Callable[[int | None, str | None], None] | None = None
+
+        self._link: _ClientProtocol | None = None
+        self._abandoned: list[_ClientProtocol] = []
+        self._pending: OrderedDict[str, tuple[dict[str, Any], Deferred[dict[str, Any]]]] = (
+            OrderedDict()
+        )
+        self._acked_upto: str | None = after
+        self._ack_call: IDelayedCall | None = None
+        self._reconnect_call: IDelayedCall | None = None
+        self._running = False
+        self._connected_waiters: list[Deferred[dict[str, Any]]] = []
+
+    # Public API
+
+    def start(self) -> None:
+        """Connect, and keep connected until :meth:`stop` or a stopping close code."""
+        self._running = True
+        self._connect()
+
+    def stop(self) -> None:
+        """Close for good, including any abandoned links."""
+        self._running = False
+        for call in (self._reconnect_call, self._ack_call):
+            if call is not None and call.active():
+                call.cancel()
+        if self._link is not None:
+            self._flush_ack()
+            self._link.sendClose(wire.CLOSE_NORMAL)
+        for link in self._abandoned:
+            link.transport.abortConnection()
+        self._abandoned = []
+
+    def send(self, to: str, body: Any, client_id: str | None = None) -> Deferred[dict[str, Any]]:
+        """Send ``body`` to user ``to``; fires with the gateway's ``ack`` frame.
+
+        The send is kept, and re-sent with the same id after any reconnect,
+        until the gateway acknowledges it; the gateway stores it once.
+        """
+        frame = {"type": "send", "to": to, "id": client_id or uuid.uuid4().hex, "body": body}
+        d: Deferred[dict[str, Any]] = Deferred()
+        self._pending[frame["id"]] = (frame, d)
+        if self.welcome is not None and self._link is not None:
+            self._write(self._link, frame)
+        return d
+
+    def when_connected(self) -> Deferred[dict[str, Any]]:
+        """Fire with the next (or current) ``welcome`` frame."""
+        d: Deferred[dict[str, Any]] = Deferred()
+        if self.welcome is not None:
+            d.callback(self.welcome)
+        else:
+            self._connected_waiters.append(d)
+        return d
+
+    def switch_network(self, bind_address: str | None) -> None:
+        """Act as a device whose network changed: the old link goes silent, unclosed.
+
+        The old TCP connection is left open but no longer read (as a dead Wi-Fi
+        link would be); a new one is made at once from ``bind_address``.
+        """
+        self.bind_address = bind_address
+        link, self._link = self._link, None
+        self.welcome = None
+        if link is not None:
+            link.owner = None
+            link.transport.pauseProducing()
+            self._abandoned.append(link)
+        self._connect()
+
+    @property
+    def unacknowledged(self) -> int:
+        """How many sends wait for the gateway's acknowledgement."""
+        return len(self._pending)
+
+    # Connection lifecycle
+
+    def _connect(self) -> None:
+        self._reconnect_call = None
+        if not self._running:
+            return
+        token = self._token() if callable(self._token) else self._token
+        query = {"token": token, "session": self.session}
+        if self.last_id:
+            query["after"] = self.last_id
+        url = f"{self.url}?{urlencode(query)}"
+        parsed = urlparse(self.url)
+        factory = WebSocketClientFactory(url)
+        factory.protocol = _ClientProtocol
+        factory.owner = self  # type: ignore[attr-defined]
+        factory.setProtocolOptions(
+            autoPingInterval=self._ping[0], autoPingTimeout=self._ping[1]
+        )
+        bind = (self.bind_address, 0) if self.bind_address else None
+        endpoint = TCP4ClientEndpoint(
+            self._reactor, parsed.hostname, parsed.port or 80, timeout=10, bindAddress=bind
+        )
+        d = endpoint.connect(factory)
+        d.addErrback(self._connect_failed)
+
+    def _connect_failed(self, reason: Any) -> None:
+        self.log.info("Connect failed: {error}", error=reason.getErrorMessage())
+        self._schedule_reconnect(self.backoff.next_delay(self._rng))
+
+    def _schedule_reconnect(self, delay: float) -> None:
+        if self._running and self._reconnect_call is None:
+            self._reconnect_call = self._reactor.callLater(delay, self._connect)
+
+    def _opened(self, link: _ClientProtocol) -> None:
+        self._link = link
+        self.stats.connects += 1
+
+    def _closed(self, link: _ClientProtocol, code: int | None, reason: str | None) -> None:
+        if code is not None:
+            self.stats.closes[code] = self.stats.closes.get(code, 0) + 1
+        if link in self._abandoned:
+            self._abandoned.remove(link)
+            return
+        if link is not self._link and self._link is not None:
+            return
+        self._link = None
+        self.welcome = None
+        if not self._running:
+            return
+        if code in STOP_CODES:
+            self._running = False
+            if self.on_stopped is not None:
+                self.on_stopped(code, reason)
+            return
+        if code in NOW_CODES:
+            self._schedule_reconnect(self._rng.uniform(0, 1.0))
+        else:
+            self._schedule_reconnect(self.backoff.next_delay(self._rng))
+
+    # Frames
+
+    def _frame(self, link: _ClientProtocol, frame: dict[str, Any]) -> None:
+        kind = frame.get("type")
+        if kind == "welcome":
+            self._welcomed(link, frame)
+        elif kind == "message":
+            self._message(frame)
+        elif kind == "ack":
+            entry = self._pending.pop(frame.get("id", ""), None)
+            if entry is not None:
+                entry[1].callback(frame)
+        elif kind == "error":
+            self._error(frame)
+
+    def _welcomed(self, link: _ClientProtocol, frame: dict[str, Any]) -> None:
+        self.welcome = frame
+        self.backoff.reset()
+        for frame_to_send, _ in list(self._pending.values()):
+            self.stats.resends += 1
+            self._write(link, frame_to_send)
+        if self.on_welcome is not None:
+            self.on_welcome(frame)
+        waiters, self._connected_waiters = self._connected_waiters, []
+        for d in waiters:
+            d.callback(frame)
+
+    def _message(self, frame: dict[str, Any]) -> None:
+        entry_id = frame["id"]
+        if self.last_id and wire.stream_id_key(entry_id) <= wire.stream_id_key(self.last_id):
+            self.stats.duplicates_dropped += 1
+            return
+        self.last_id = entry_id
+        self.stats.messages += 1
+        if self._ack_call is None:
+            self._ack_call = self._reactor.callLater(self._ack_interval, self._flush_ack)
+        self._on_message(frame)
+
+    def _error(self, frame: dict[str, Any]) -> None:
+        client_id = frame.get("id")
+        if client_id not in self._pending:
+            self.log.warn("Gateway error: {code} {message}", code=frame.get("code"),
+                          message=frame.get("message"))
+            return
+        if frame.get("retry"):
+            # Kept: re-sent after a short pause on this link, or on the next one.
+            self._reactor.callLater(
+                self.backoff.base + self._rng.uniform(0, 0.5), self._resend, client_id
+            )
+            return
+        _, d = self._pending.pop(client_id)
+        d.errback(SendRejected(str(frame.get("code")), str(frame.get("message"))))
+
+    def _resend(self, client_id: str) -> None:
+        entry = self._pending.get(client_id)
+        if entry is not None and self._link is not None and self.welcome is not None:
+            self.stats.resends += 1
+            self._write(self._link, entry[0])
+
+    def _flush_ack(self) -> None:
+        self._ack_call = None
+        if self.last_id and self.last_id != self._acked_upto and self._link is not None:
+            self._write(self._link, {"type": "ack", "upto": self.last_id})
+            self._acked_upto = self.last_id
+
+    def _write(self, link: _ClientProtocol, frame: dict[str, Any]) -> None:
+        link.sendMessage(json.dumps(frame, separators=(",", ":")).encode(), isBinary=False)

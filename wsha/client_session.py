@@ -1,0 +1,201 @@
+"""ClientSession: one authenticated connection bound to a claimed session.
+
+It holds the frame-level behaviour of the contract in docs/protocol.md and
+talks to its WebSocket only through a :class:`Link`, so it is tested without
+sockets.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.logger import Logger
+
+from wsha import wire
+from wsha.delivery import SessionDelivery
+from wsha.inbox import InboxEntry
+from wsha.sessions import Claim
+
+if TYPE_CHECKING:
+    from wsha.gateway import Gateway
+
+MAX_EARLY_FRAMES = 256
+"""Frames a client may send before its session is claimed; more is a policy close."""
+
+
+class Link(Protocol):
+    """What a ClientSession needs from its WebSocket connection."""
+
+    def send_frame(self, payload: bytes) -> None:
+        """Send one text frame."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Close the connection with a WebSocket close code."""
+
+
+class ClientSession:
+    """The server side of one client connection after authentication.
+
+    :param gateway: the node's gateway, for claims, sends and presence.
+    :param link: the WebSocket connection.
+    :param user: the authenticated user id.
+    :param session: the client-chosen session (device) id.
+    :param after: the last inbox id the client says it saw, if any.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self, gateway: Gateway, link: Link, user: str, session: str, after: str | None
+    ):
+        self.gateway = gateway
+        self.link = link
+        self.user = user
+        self.session = session
+        self.after = after
+        self.epoch: int | None = None
+        self.claim: Claim | None = None
+        self.delivery: SessionDelivery | None = None
+        self.closed = False
+        self.closing = False
+        self._early_frames: list[str] = []
+
+    @inlineCallbacks
+    def start(self) -> Any:
+        """Claim the session, greet the client, then replay and go live.
+
+        If the connection closed while the claim was in flight, the claim is
+        released here, so no ghost session stays online.
+        """
+        try:
+            claim = yield self.gateway.claim(self)
+        except Exception as e:
+            self.log.warn(
+                "Claim of {user}/{session} failed: {error}",
+                user=self.user,
+                session=self.session,
+                error=str(e),
+            )
+            self.link.close(wire.CLOSE_TRY_LATER, "session store unavailable")
+            return
+        if self.closed:
+            yield self.gateway.release(self)
+            return
+        if self.closing:
+            return
+
+        self.claim = claim
+        self.link.send_frame(
+            wire.encode(
+                {
+                    "type": "welcome",
+                    "node": self.gateway.node_id,
+                    "user": self.user,
+                    "session": self.session,
+                    "epoch": self.epoch,
+                    "resumed": claim.resumed,
+                    "after": claim.replay_after,
+                    "replayed": claim.pending,
+                    "truncated": claim.trimmed,
+                }
+            )
+        )
+
+        self.delivery = self.gateway.new_delivery(self, claim.replay_after)
+        self.delivery.poke()
+
+        early, self._early_frames = self._early_frames, []
+        for text in early:
+            self.on_text(text)
+
+    def on_text(self, text: str) -> None:
+        """Handle one text frame from the client."""
+        if self.closed:
+            return
+        if self.epoch is None:
+            if len(self._early_frames) >= MAX_EARLY_FRAMES:
+                self.link.close(wire.CLOSE_POLICY, "too many frames before welcome")
+                return
+            self._early_frames.append(text)
+            return
+        try:
+            frame = wire.parse_client_frame(text, self.gateway.max_body_bytes)
+        except wire.FrameError as e:
+            self._reply(wire.error_frame(e.code, e.message, e.frame_id))
+            return
+        if isinstance(frame, wire.Send):
+            self._send(frame)
+        elif isinstance(frame, wire.Ack):
+            self.gateway.acknowledge(self, frame.upto)
+        else:
+            pong: dict[str, Any] = {"type": "pong"}
+            if frame.id is not None:
+                pong["id"] = frame.id
+            self._reply(pong)
+
+    def on_binary(self) -> None:
+        """Answer a binary frame, which the contract does not use."""
+        self._reply(
+            wire.error_frame("binary_not_supported", "frames must be JSON text")
+        )
+
+    def deliver(self, entries: list[InboxEntry]) -> None:
+        """Write inbox entries to the client as ``message`` frames."""
+        if self.closed:
+            return
+        for entry in entries:
+            self.link.send_frame(
+                wire.encode_message(entry.id, entry.sender, entry.body_json, entry.ts)
+            )
+
+    def take_over(self, epoch: int) -> None:
+        """Close this connection if a claim with a newer ``epoch`` replaced it."""
+        if self.epoch is not None and self.epoch < epoch and not self.closed:
+            self.closing = True
+            self.log.info(
+                "Session {user}/{session} taken over (epoch {old} < {new})",
+                user=self.user,
+                session=self.session,
+                old=self.epoch,
+                new=epoch,
+            )
+            self.link.close(wire.CLOSE_TAKEN_OVER, "session taken over")
+
+    def connection_lost(self) -> None:
+        """Forget the connection and release the session if this one still owns it."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.delivery is not None:
+            self.delivery.stop()
+        if self.epoch is not None:
+            self.gateway.release(self)
+
+    def _send(self, frame: wire.Send) -> None:
+        d = self.gateway.submit(self.user, frame.to, frame.id, wire.encode_body(frame.body))
+
+        def stored(result: Any) -> None:
+            self._reply(
+                {
+                    "type": "ack",
+                    "id": frame.id,
+                    "inbox": result.id,
+                    "duplicate": result.duplicate,
+                }
+            )
+
+        def failed(reason: Any) -> None:
+            self.log.warn(
+                "Send {id} from {user} not stored: {error}",
+                id=frame.id,
+                user=self.user,
+                error=reason.getErrorMessage(),
+            )
+            self._reply(wire.error_frame("unavailable", "message not stored", frame.id))
+
+        d.addCallbacks(stored, failed)
+
+    def _reply(self, frame: dict[str, Any]) -> None:
+        if not self.closed:
+            self.link.send_frame(wire.encode(frame))

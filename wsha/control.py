@@ -1,0 +1,216 @@
+"""The HTTP control API of a node (twisted.web), documented in docs/control-api.md."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.logger import Logger
+from twisted.web import resource, server
+from twisted.web.iweb import IRequest
+
+from wsha import wire
+from wsha.gateway import Gateway
+
+MAX_REQUEST_BYTES = 1024 * 1024
+
+
+def _write_json(request: IRequest, status: int, payload: dict[str, Any]) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def _error(request: IRequest, status: int, code: str, message: str) -> bytes:
+    return _write_json(
+        request,
+        status,
+        {"error": code, "message": message, "retry": wire.ERRORS.get(code, False)},
+    )
+
+
+def _respond_later(request: IRequest, work: Deferred[tuple[int, dict[str, Any]]]) -> Any:
+    """Finish ``request`` when ``work`` fires with (status, JSON body)."""
+    log = Logger()
+
+    def done(result: tuple[int, dict[str, Any]]) -> None:
+        status, payload = result
+        if not request._disconnected:  # type: ignore[attr-defined]
+            request.write(_write_json(request, status, payload))
+            request.finish()
+
+    def failed(reason: Any) -> None:
+        log.failure("Control request {uri} failed", reason, uri=request.uri)
+        if not request._disconnected:  # type: ignore[attr-defined]
+            request.write(_error(request, 503, "unavailable", reason.getErrorMessage()))
+            request.finish()
+
+    work.addCallbacks(done, failed)
+    return server.NOT_DONE_YET
+
+
+class Guarded(resource.Resource):
+    """A resource that, when a control token is set, demands it as a Bearer token."""
+
+    def __init__(self, token: str | None):
+        super().__init__()
+        self._token = token
+
+    def authorized(self, request: IRequest) -> bool:
+        """Say whether the request carries the control token (or none is needed)."""
+        if not self._token:
+            return True
+        header = (request.getHeader(b"authorization") or b"").decode("latin-1")
+        return header == f"Bearer {self._token}"
+
+    def render(self, request: IRequest) -> Any:
+        """Refuse unauthorized requests before dispatching on the method."""
+        if not self.authorized(request):
+            return _error(request, 401, "unauthorized", "control token missing or wrong")
+        return super().render(request)
+
+
+class Health(resource.Resource):
+    """``GET /healthz``: the process is alive and its reactor turns."""
+
+    isLeaf = True
+
+    def __init__(self, node_id: str):
+        super().__init__()
+        self._node_id = node_id
+
+    def render_GET(self, request: IRequest) -> bytes:
+        """Always 200 while the node runs."""
+        return _write_json(request, 200, {"status": "ok", "node": self._node_id})
+
+
+class Readiness(resource.Resource):
+    """``GET /readyz``: 200 only while the node should receive new connections.
+
+    :param check: fires with (ready, details) when asked.
+    """
+
+    isLeaf = True
+
+    def __init__(self, check: Callable[[], Deferred[tuple[bool, dict[str, Any]]]]):
+        super().__init__()
+        self._check = check
+
+    def render_GET(self, request: IRequest) -> Any:
+        """Run the readiness checks; 503 when any fails."""
+
+        def answer(result: tuple[bool, dict[str, Any]]) -> tuple[int, dict[str, Any]]:
+            ready, details = result
+            details["ready"] = ready
+            return (200 if ready else 503), details
+
+        return _respond_later(request, self._check().addCallback(answer))
+
+
+class SendCommand(Guarded):
+    """``POST /v1/send``: store a message for a user, as the server or a named sender."""
+
+    isLeaf = True
+
+    def __init__(self, gateway: Gateway, token: str | None):
+        super().__init__(token)
+        self._gateway = gateway
+
+    def render_POST(self, request: IRequest) -> Any:
+        """Validate the JSON body, append to the inbox, answer with the inbox id."""
+        raw = request.content.read(MAX_REQUEST_BYTES + 1)
+        if len(raw) > MAX_REQUEST_BYTES:
+            return _error(request, 413, "body_too_big", "request over 1 MiB")
+        try:
+            command = json.loads(raw)
+        except ValueError:
+            return _error(request, 400, "bad_json", "request body is not JSON")
+        if not isinstance(command, dict):
+            return _error(request, 400, "bad_frame", "request body must be an object")
+
+        to = command.get("to")
+        sender = command.get("from", "server")
+        client_id = command.get("id") or uuid.uuid4().hex
+        if not isinstance(to, str) or not wire.is_valid_user_id(to):
+            return _error(request, 400, "bad_recipient", "'to' must be a valid user id")
+        if not isinstance(sender, str) or not wire.is_valid_user_id(sender):
+            return _error(request, 400, "bad_frame", "'from' must be a valid user id")
+        if not isinstance(client_id, str) or len(client_id) > wire.MAX_ID_LENGTH:
+            return _error(request, 400, "bad_frame", "'id' must be a string of 1-128 chars")
+        if "body" not in command:
+            return _error(request, 400, "bad_frame", "'body' is required")
+        body_json = wire.encode_body(command["body"])
+        if len(body_json) > self._gateway.max_body_bytes:
+            return _error(request, 413, "body_too_big", "body over the size limit")
+
+        def stored(result: Any) -> tuple[int, dict[str, Any]]:
+            return 200, {"id": client_id, "inbox": result.id, "duplicate": result.duplicate}
+
+        work = self._gateway.submit(sender, to, client_id, body_json)
+        return _respond_later(request, work.addCallback(stored))
+
+
+class UserLookup(Guarded):
+    """``GET /v1/users/{id}``: the user's sessions, where they are and their cursors."""
+
+    def __init__(self, gateway: Gateway, token: str | None):
+        super().__init__(token)
+        self._gateway = gateway
+
+    def getChild(self, path: bytes, request: IRequest) -> resource.Resource:
+        """Serve one user per path segment."""
+        return _UserResource(self._gateway, path.decode("utf-8", "replace"), self._token)
+
+
+class _UserResource(Guarded):
+    isLeaf = True
+
+    def __init__(self, gateway: Gateway, user: str, token: str | None):
+        super().__init__(token)
+        self._gateway = gateway
+        self._user = user
+
+    def render_GET(self, request: IRequest) -> Any:
+        if not wire.is_valid_user_id(self._user):
+            return _error(request, 400, "bad_recipient", "not a valid user id")
+
+        def found(sessions: list[Any]) -> tuple[int, dict[str, Any]]:
+            return 200, {
+                "user": self._user,
+                "online": any(s.online for s in sessions),
+                "sessions": [
+                    {
+                        "session": s.session,
+                        "online": s.online,
+                        "node": s.node or None,
+                        "epoch": int(s.epoch),
+                        "cursor": s.cursor,
+                        "seen": s.seen,
+                    }
+                    for s in sessions
+                ],
+            }
+
+        d = ensureDeferred(self._gateway.registry.lookup(self._user))
+        return _respond_later(request, d.addCallback(found))
+
+
+def control_site(
+    gateway: Gateway,
+    readiness: Callable[[], Deferred[tuple[bool, dict[str, Any]]]],
+    token: str | None,
+) -> server.Site:
+    """Build the control API's site."""
+    root = resource.Resource()
+    root.putChild(b"healthz", Health(gateway.node_id))
+    root.putChild(b"readyz", Readiness(readiness))
+    v1 = resource.Resource()
+    root.putChild(b"v1", v1)
+    v1.putChild(b"send", SendCommand(gateway, token))
+    v1.putChild(b"users", UserLookup(gateway, token))
+    site = server.Site(root)
+    site.displayTracebacks = False
+    return site

@@ -1,0 +1,102 @@
+"""SessionDelivery: moves one session's inbox entries to its connection, in order.
+
+There is one pull at a time per session, always reading strictly after the
+last id sent, so replay and live traffic are the same code path: they cannot
+interleave out of order, skip an entry or send one twice (invariant 2).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from wsha.inbox import InboxEntry, InboxStore
+
+Deliver = Callable[[list[InboxEntry]], None]
+
+
+class SessionDelivery:
+    """Pulls a session's inbox after ``after`` whenever it is poked.
+
+    :param inbox: where entries are read from.
+    :param user: whose inbox.
+    :param after: the inbox id the session has already seen.
+    :param deliver: called with each non-empty batch, in inbox order.
+    :param clock: schedules the retry after a failed read.
+    :param batch_size: the most entries read per round trip.
+    :param retry_delay: seconds to wait before retrying a failed read.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        inbox: InboxStore,
+        user: str,
+        after: str,
+        deliver: Deliver,
+        clock: IReactorTime,
+        batch_size: int = 256,
+        retry_delay: float = 1.0,
+    ):
+        self._inbox = inbox
+        self._user = user
+        self.last_sent = after
+        self._deliver = deliver
+        self._clock = clock
+        self._batch_size = batch_size
+        self._retry_delay = retry_delay
+        self._busy = False
+        self._again = False
+        self._stopped = False
+        self._retry: IDelayedCall | None = None
+
+    def poke(self) -> None:
+        """Say the inbox may have grown; pulls now, or again after the pull running."""
+        if self._stopped:
+            return
+        if self._busy:
+            self._again = True
+            return
+        self._busy = True
+        self._pull()
+
+    def stop(self) -> None:
+        """Stop for good: no more reads, no more deliveries."""
+        self._stopped = True
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+
+    @inlineCallbacks
+    def _pull(self) -> Any:
+        try:
+            while not self._stopped:
+                self._again = False
+                entries = yield self._inbox.read_after(
+                    self._user, self.last_sent, self._batch_size
+                )
+                if self._stopped:
+                    return
+                if entries:
+                    self.last_sent = entries[-1].id
+                    self._deliver(entries)
+                if len(entries) < self._batch_size and not self._again:
+                    return
+        except Exception as e:
+            self.log.warn(
+                "Inbox read for {user} failed, retrying: {error}",
+                user=self._user,
+                error=str(e),
+            )
+            if not self._stopped:
+                self._retry = self._clock.callLater(self._retry_delay, self._retry_pull)
+        finally:
+            self._busy = False
+
+    def _retry_pull(self) -> None:
+        self._retry = None
+        self.poke()

@@ -1,0 +1,189 @@
+"""Gateway: the node's routing core, shared by WebSocket and control API.
+
+It stores every message in the recipient's inbox before anything else
+(invariant 1), tells the nodes holding the recipient's sessions to pull, and
+keeps the table of this node's live sessions.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from wsha import topics
+from wsha.client_session import ClientSession
+from wsha.delivery import SessionDelivery
+from wsha.inbox import AppendResult, InboxStore
+from wsha.sessions import Claim, SessionRegistry
+
+
+NEWER_CLAIM_MEMORY = 30.0
+"""Seconds a takeover notice for a session not (yet) live here is remembered."""
+
+
+class NoticeSender:
+    """What the gateway needs from the Kafka bus: queue a notice for a node."""
+
+    def send(self, node_id: str, notice: bytes, key: bytes | None = None) -> None:
+        """Queue ``notice`` for ``node_id``'s topic."""
+        raise NotImplementedError
+
+
+class Gateway:
+    """Routes messages by user and session, never by address.
+
+    :param node_id: this node's id.
+    :param inbox: the users' inboxes.
+    :param registry: the session registry (claims and fencing).
+    :param bus: sends notices to other nodes.
+    :param clock: time source; also batches notices to the next tick.
+    :param max_body_bytes: the largest message body accepted.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        node_id: str,
+        inbox: InboxStore,
+        registry: SessionRegistry,
+        bus: NoticeSender,
+        clock: IReactorTime,
+        max_body_bytes: int = 64 * 1024,
+    ):
+        self.node_id = node_id
+        self.inbox = inbox
+        self.registry = registry
+        self.bus = bus
+        self.clock = clock
+        self.max_body_bytes = max_body_bytes
+        self.local: dict[str, dict[str, ClientSession]] = defaultdict(dict)
+        self._pending_notices: set[tuple[str, str]] = set()
+        self._flush_call: IDelayedCall | None = None
+        self._newer_claims: dict[tuple[str, str], int] = {}
+
+    # Sessions
+
+    @inlineCallbacks
+    def claim(self, client: ClientSession) -> Any:
+        """Claim ``client``'s session for this node and evict any older owner."""
+        claim: Claim = yield self.registry.claim(
+            client.user, client.session, self.node_id, client.after
+        )
+        epoch = client.epoch = int(claim.epoch)
+        newest = max(self._newer_claims.pop((client.user, client.session), 0), epoch)
+        current = self.local[client.user].get(client.session)
+        if current is not None and current is not client and current.epoch is not None:
+            newest = max(newest, current.epoch)
+            current.take_over(epoch)
+        if newest > epoch:
+            # A newer claim won while this one was in flight: this one is stale.
+            client.take_over(newest)
+            return claim
+        self.local[client.user][client.session] = client
+
+        if claim.previously_online and claim.previous_node not in ("", self.node_id):
+            self.bus.send(
+                claim.previous_node,
+                topics.encode_takeover_notice(client.user, client.session, epoch),
+                key=client.user.encode(),
+            )
+        return claim
+
+    def release(self, client: ClientSession) -> Deferred[Any]:
+        """Drop ``client`` from the local table and release its claim if it still owns it."""
+        sessions = self.local.get(client.user)
+        if sessions is not None and sessions.get(client.session) is client:
+            del sessions[client.session]
+            if not sessions:
+                del self.local[client.user]
+        if client.epoch is None:
+            d: Deferred[Any] = Deferred()
+            d.callback(False)
+            return d
+        d = self.registry.release(client.user, client.session, str(client.epoch))
+        d.addErrback(self._log_failure, "release", client)
+        return d
+
+    def acknowledge(self, client: ClientSession, upto: str) -> None:
+        """Record that ``client`` has received everything up to ``upto``."""
+        d = self.registry.acknowledge(client.user, client.session, str(client.epoch), upto)
+        d.addErrback(self._log_failure, "acknowledge", client)
+
+    def new_delivery(self, client: ClientSession, after: str) -> SessionDelivery:
+        """Build the inbox pump feeding ``client`` from ``after`` on."""
+        return SessionDelivery(self.inbox, client.user, after, client.deliver, self.clock)
+
+    def connection_count(self) -> int:
+        """How many sessions are live on this node."""
+        return sum(len(sessions) for sessions in self.local.values())
+
+    # Messages
+
+    @inlineCallbacks
+    def submit(self, sender: str, to: str, client_id: str, body_json: str) -> Any:
+        """Store a message in ``to``'s inbox, then notify; fires an :class:`AppendResult`."""
+        ts = int(self.clock.seconds() * 1000)
+        result: AppendResult = yield self.inbox.append(to, sender, client_id, body_json, ts)
+        for node in result.nodes:
+            self._queue_notice(node, to)
+        return result
+
+    def on_notice(self, raw: bytes) -> None:
+        """Act on a notice read from this node's topic."""
+        try:
+            notice = topics.decode_notice(raw)
+        except ValueError as e:
+            self.log.warn("Ignoring a malformed notice: {error}", error=str(e))
+            return
+        if notice["kind"] == topics.INBOX:
+            self.poke_user(notice["user"])
+            return
+        user, session = notice["user"], str(notice.get("session"))
+        epoch = int(notice.get("epoch", 0))
+        client = self.local.get(user, {}).get(session)
+        if client is not None:
+            client.take_over(epoch)
+        else:
+            # Our own claim of it may still be in flight; it checks this on return.
+            self._remember_newer_claim(user, session, epoch)
+
+    def _remember_newer_claim(self, user: str, session: str, epoch: int) -> None:
+        key = (user, session)
+        self._newer_claims[key] = max(self._newer_claims.get(key, 0), epoch)
+        self.clock.callLater(NEWER_CLAIM_MEMORY, self._newer_claims.pop, key, None)
+
+    def poke_user(self, user: str) -> None:
+        """Make every local session of ``user`` pull its inbox."""
+        for client in list(self.local.get(user, {}).values()):
+            if client.delivery is not None:
+                client.delivery.poke()
+
+    def _queue_notice(self, node: str, user: str) -> None:
+        # Notices for one (node, user) within one reactor turn go out once.
+        self._pending_notices.add((node, user))
+        if self._flush_call is None:
+            self._flush_call = self.clock.callLater(0, self._flush_notices)
+
+    def _flush_notices(self) -> None:
+        self._flush_call = None
+        pending, self._pending_notices = self._pending_notices, set()
+        for node, user in pending:
+            if node == self.node_id:
+                self.poke_user(user)
+            else:
+                self.bus.send(node, topics.encode_inbox_notice(user), key=user.encode())
+
+    def _log_failure(self, reason: Any, step: str, client: ClientSession) -> bool:
+        self.log.warn(
+            "Session {step} for {user}/{session} failed: {error}",
+            step=step,
+            user=client.user,
+            session=client.session,
+            error=reason.getErrorMessage(),
+        )
+        return False

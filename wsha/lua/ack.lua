@@ -1,0 +1,15 @@
+-- Move a session's ack cursor forward, for the owner holding the newest epoch.
+-- KEYS: session hash. ARGV: epoch, inbox id acknowledged.
+-- Returns 1 if the cursor moved, 0 if stale owner or not newer.
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then
+  return 0
+end
+local cur = redis.call('HGET', KEYS[1], 'cursor') or '0-0'
+local cm, cs = string.match(cur, '^(%d+)-(%d+)$')
+local nm, ns = string.match(ARGV[2], '^(%d+)-(%d+)$')
+cm, cs, nm, ns = tonumber(cm), tonumber(cs), tonumber(nm), tonumber(ns)
+if nm > cm or (nm == cm and ns > cs) then
+  redis.call('HSET', KEYS[1], 'cursor', ARGV[2])
+  return 1
+end
+return 0

@@ -1,0 +1,110 @@
+"""GatewayNode: the root service of one node, started and stopped in order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import txaio
+from twisted.internet.defer import inlineCallbacks
+from twisted.logger import Logger
+
+from wsha.auth import TokenVerifier
+from wsha.config import NodeConfig
+from wsha.control import control_site
+from wsha.gateway import Gateway
+from wsha.inbox import InboxLimits, InboxStore
+from wsha.protocols.websocket import GatewayServerFactory
+from wsha.services.kafka_bus import NodeBus
+from wsha.services.listener import ListenerService
+from wsha.services.ordered import OrderedMultiService
+from wsha.services.redis_service import RedisAddress, RedisService
+from wsha.sessions import SessionRegistry
+
+
+class GatewayNode(OrderedMultiService):
+    """One gateway node: Redis, the Kafka bus, the control API, then the listener.
+
+    Each child starts once the one before it is ready, so no client is accepted
+    before the node can serve it; they stop in the reverse order.
+
+    :param config: the node's settings (checked here).
+    :param reactor: the reactor (passed in, never imported at module level).
+    """
+
+    log = Logger()
+
+    def __init__(self, config: NodeConfig, reactor: Any):
+        super().__init__()
+        config.check()
+        # Autobahn logs every frame at debug level; an operator wants events.
+        txaio.set_global_log_level("info")
+        self.config = config
+        self.node_id = config.node_id
+
+        self.redis = RedisService(RedisAddress.from_url(config.redis), config.redis_timeout)
+        self.redis.setName("redis")
+        self.redis.setServiceParent(self)
+
+        self.bus = NodeBus(reactor, config.kafka, config.node_id, self._on_notice)
+        self.bus.setName("kafka")
+        self.bus.setServiceParent(self)
+
+        self.gateway = Gateway(
+            config.node_id,
+            InboxStore(
+                self.redis,
+                InboxLimits(config.inbox_max_length, config.inbox_ttl, config.dedupe_ttl),
+            ),
+            SessionRegistry(self.redis, config.session_ttl),
+            self.bus,
+            reactor,
+            max_body_bytes=config.max_body_bytes,
+        )
+
+        site = control_site(self.gateway, self.readiness, config.control_token or None)
+        self.control = ListenerService(reactor, config.control_port, site)
+        self.control.setName("control")
+        self.control.setServiceParent(self)
+
+        self.websocket_factory = GatewayServerFactory(
+            self.gateway,
+            TokenVerifier(
+                config.jwt_secret,
+                tuple(config.jwt_algorithms.split(",")),
+                audience=config.jwt_audience or None,
+            ),
+            max_message_bytes=config.max_message_bytes,
+            ping_interval=config.ping_interval,
+            ping_timeout=config.ping_timeout,
+        )
+        self.websocket = ListenerService(reactor, config.port, self.websocket_factory)
+        self.websocket.setName("websocket")
+        self.websocket.setServiceParent(self)
+
+    def _on_notice(self, raw: bytes) -> None:
+        self.gateway.on_notice(raw)
+
+    @inlineCallbacks
+    def startService(self) -> Any:
+        """Start every child in order, then say where the node serves."""
+        yield super().startService()
+        assert self.websocket.port is not None and self.control.port is not None
+        self.log.info(
+            "Node {node} ready: WebSocket on {websocket}, control on {control}",
+            node=self.node_id,
+            websocket=str(self.websocket.port.getHost()),
+            control=str(self.control.port.getHost()),
+        )
+
+    @inlineCallbacks
+    def readiness(self) -> Any:
+        """Fire with (ready, details): the node runs, Redis answers, the bus runs."""
+        redis_ok = yield self.redis.is_healthy()
+        started = self.websocket.port is not None
+        details = {
+            "node": self.node_id,
+            "redis": redis_ok,
+            "kafka": bool(self.bus.running),
+            "listening": started,
+        }
+        return bool(redis_ok and self.bus.running and started), details

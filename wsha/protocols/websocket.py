@@ -1,0 +1,141 @@
+"""The Autobahn WebSocket protocol and factory that front the gateway.
+
+The protocol only authenticates and translates between WebSocket events and a
+:class:`~wsha.client_session.ClientSession`; the contract lives there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.logger import Logger
+
+from wsha import wire
+from wsha.auth import AuthError, TokenVerifier
+from wsha.client_session import ClientSession
+from wsha.gateway import Gateway
+
+WS_PATH = "/ws"
+
+
+def _first(params: dict[str, list[str]], name: str) -> str | None:
+    values = params.get(name)
+    return values[0] if values else None
+
+
+def bearer_token(request: ConnectionRequest) -> str | None:
+    """The token from ``?token=`` or from an ``Authorization: Bearer`` header."""
+    token = _first(request.params, "token")
+    if token:
+        return token
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+class GatewayServerProtocol(WebSocketServerProtocol):
+    """One client's WebSocket: authenticates on open, then hands frames over."""
+
+    log = Logger()
+    factory: GatewayServerFactory
+
+    client: ClientSession | None = None
+    _refusal: tuple[int, str] | None = None
+
+    def onConnect(self, request: ConnectionRequest) -> None:
+        """Check the path and the request; authentication failures close after open.
+
+        A browser cannot read an HTTP status from a failed handshake, so a bad
+        token is reported with close code 4401 once the socket is open.
+        """
+        if request.path != WS_PATH:
+            raise ConnectionDeny(404, f"no WebSocket endpoint at {request.path}")
+        if not self.factory.accepting:
+            self._refusal = (wire.CLOSE_RESTARTING, "node is draining")
+            return None
+        try:
+            user = self.factory.verifier.verify(bearer_token(request))
+        except AuthError as e:
+            self._refusal = (wire.CLOSE_UNAUTHORIZED, str(e))
+            return None
+
+        session = _first(request.params, "session")
+        after = _first(request.params, "after")
+        if session is None or not wire.is_valid_user_id(session):
+            self._refusal = (wire.CLOSE_POLICY, "query parameter 'session' missing or invalid")
+        elif after is not None and not wire.is_valid_stream_id(after):
+            self._refusal = (wire.CLOSE_POLICY, "query parameter 'after' is not an inbox id")
+        else:
+            self.client = ClientSession(self.factory.gateway, self, user, session, after)
+        return None
+
+    def onOpen(self) -> None:
+        """Refuse with the close code chosen in onConnect, or start the session."""
+        if self._refusal is not None:
+            code, reason = self._refusal
+            self.log.info("Refused {peer}: {reason}", peer=self.peer, reason=reason)
+            self.sendClose(code, reason)
+            return
+        assert self.client is not None
+        self.client.start()
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        """Pass a text frame to the session; binary frames get an error."""
+        if self.client is None:
+            return
+        if isBinary:
+            self.client.on_binary()
+        else:
+            self.client.on_text(payload.decode("utf-8"))
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        """Release the session (fenced: a newer owner is never touched)."""
+        if self.client is not None:
+            self.client.connection_lost()
+
+    def send_frame(self, payload: bytes) -> None:
+        """Send one text frame (the :class:`~wsha.client_session.Link` side)."""
+        self.sendMessage(payload, isBinary=False)
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake with ``code``."""
+        self.sendClose(code, reason)
+
+
+class GatewayServerFactory(WebSocketServerFactory):
+    """Builds :class:`GatewayServerProtocol` for the gateway's listener.
+
+    :param gateway: the node's routing core.
+    :param verifier: checks connection tokens.
+    :param max_message_bytes: frames or messages above this close with 1009.
+    :param ping_interval: seconds between server pings; 0 disables them.
+    :param ping_timeout: seconds to wait for a pong before dropping the link.
+    """
+
+    protocol = GatewayServerProtocol
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        verifier: TokenVerifier,
+        max_message_bytes: int = 128 * 1024,
+        ping_interval: float = 20.0,
+        ping_timeout: float = 10.0,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.gateway = gateway
+        self.verifier = verifier
+        self.accepting = True
+        self.setProtocolOptions(
+            maxMessagePayloadSize=max_message_bytes,
+            maxFramePayloadSize=max_message_bytes,
+            autoPingInterval=ping_interval,
+            autoPingTimeout=ping_timeout,
+            openHandshakeTimeout=10,
+            closeHandshakeTimeout=5,
+        )

@@ -1,0 +1,193 @@
+"""NodeBus: each node's Kafka topic, for notices between nodes.
+
+The producer's ``produce`` only queues (it never waits on the network), so it is
+called on the reactor thread; its delivery reports and the consumer's blocking
+``poll`` are served by a thread pool of the service's own (``thd_`` methods),
+and results come back to the reactor with ``callFromThread``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+from twisted.application import service
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from wsha.topics import node_topic
+
+NoticeHandler = Callable[[bytes], None]
+
+
+def producer_config(bootstrap: str) -> dict[str, Any]:
+    """Producer settings tuned for latency: notices are tiny and urgent."""
+    return {
+        "bootstrap.servers": bootstrap,
+        "linger.ms": 1,
+        "acks": "1",
+        "enable.idempotence": False,
+        "queue.buffering.max.messages": 200_000,
+        "message.timeout.ms": 30_000,
+        "socket.nagle.disable": True,
+    }
+
+
+def consumer_config(bootstrap: str, group: str) -> dict[str, Any]:
+    """Consumer settings tuned for latency; offsets are not committed.
+
+    A node reads its own topic from the end when it starts: the inbox, not the
+    topic, holds what a restarted node's clients still need.
+    """
+    return {
+        "bootstrap.servers": bootstrap,
+        "group.id": group,
+        "enable.auto.commit": False,
+        "fetch.wait.max.ms": 10,
+        "fetch.min.bytes": 1,
+        "fetch.queue.backoff.ms": 1,
+        "socket.nagle.disable": True,
+    }
+
+
+class NodeBus(service.Service):
+    """Sends notices to other nodes' topics and hands this node's notices over.
+
+    :param reactor: the reactor, for threads and ``callFromThread``.
+    :param bootstrap: Kafka bootstrap servers, ``host:port[,host:port]``.
+    :param node_id: this node's id; it reads ``wsha.node.<node_id>``.
+    :param on_notice: called on the reactor thread with each raw notice.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        bootstrap: str,
+        node_id: str,
+        on_notice: NoticeHandler,
+        batch_size: int = 500,
+    ):
+        self._reactor = reactor
+        self._bootstrap = bootstrap
+        self.node_id = node_id
+        self.topic = node_topic(node_id)
+        self._on_notice = on_notice
+        self._batch_size = batch_size
+        self._pool = ThreadPool(minthreads=2, maxthreads=3, name="wsha-kafka")
+        self._producer: Producer | None = None
+        self._consumer: Consumer | None = None
+        self._running = False
+        self._loops: list[Deferred[None]] = []
+
+    @inlineCallbacks
+    def startService(self) -> Any:
+        """Create this node's topic, then start consuming it and serving reports."""
+        service.Service.startService(self)
+        self._pool.start()
+        self._running = True
+        yield self._in_thread(self.thd_create_topic)
+        self._producer = Producer(producer_config(self._bootstrap))
+        self._consumer = yield self._in_thread(self.thd_open_consumer)
+        self._loops = [self._poll_loop(), self._report_loop()]
+        self.log.info("Reading notices from {topic}", topic=self.topic)
+
+    @inlineCallbacks
+    def stopService(self) -> Any:
+        """Stop polling, flush what is queued and close the clients, then the pool."""
+        service.Service.stopService(self)
+        self._running = False
+        for loop in self._loops:
+            yield loop
+        if self._producer is not None:
+            left = yield self._in_thread(self._producer.flush, 5.0)
+            if left:
+                self.log.warn("{count} notices unsent at shutdown", count=left)
+        if self._consumer is not None:
+            yield self._in_thread(self._consumer.close)
+        self._pool.stop()
+
+    def send(self, node_id: str, notice: bytes, key: bytes | None = None) -> None:
+        """Queue ``notice`` for the topic of ``node_id``; never blocks.
+
+        Delivery is best effort by design: a lost notice only delays a pull
+        from the inbox, which holds the message itself.
+        """
+        if self._producer is None:
+            self.log.warn("Notice to {node} dropped: bus not started", node=node_id)
+            return
+        try:
+            self._producer.produce(node_topic(node_id), notice, key=key)
+        except BufferError:
+            self.log.warn("Notice to {node} dropped: producer queue full", node=node_id)
+
+    def _in_thread(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        return deferToThreadPool(self._reactor, self._pool, f, *args)
+
+    def thd_create_topic(self) -> None:
+        """Create this node's single-partition topic if it does not exist yet."""
+        admin = AdminClient({"bootstrap.servers": self._bootstrap})
+        futures = admin.create_topics(
+            [NewTopic(self.topic, num_partitions=1, replication_factor=1)],
+            operation_timeout=10,
+            request_timeout=15,
+        )
+        for future in futures.values():
+            try:
+                future.result(timeout=20)
+            except Exception as e:
+                error = e.args[0] if e.args else None
+                if getattr(error, "code", lambda: None)() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise
+
+    def thd_open_consumer(self) -> Consumer:
+        """Open the consumer positioned at the current end of this node's topic.
+
+        The end is read as an explicit offset so that every notice sent after
+        this call returns is seen, with no lazy offset reset racing it.
+        """
+        consumer = Consumer(consumer_config(self._bootstrap, f"wsha-node-{self.node_id}"))
+        _, high = consumer.get_watermark_offsets(TopicPartition(self.topic, 0), timeout=10)
+        consumer.assign([TopicPartition(self.topic, 0, high)])
+        return consumer
+
+    def thd_poll(self) -> list[bytes]:
+        """Wait up to 200 ms for notices and return their payloads."""
+        assert self._consumer is not None
+        messages = self._consumer.consume(self._batch_size, 0.2)
+        payloads = []
+        for message in messages:
+            error = message.error()
+            if error is None:
+                payloads.append(message.value())
+            elif error.code() != KafkaError._PARTITION_EOF:
+                self.log.warn("Kafka consumer error: {error}", error=str(error))
+        return payloads
+
+    @inlineCallbacks
+    def _poll_loop(self) -> Any:
+        while self._running:
+            try:
+                payloads = yield self._in_thread(self.thd_poll)
+            except Exception:
+                self.log.failure("Polling {topic} failed", topic=self.topic)
+                continue
+            for payload in payloads:
+                try:
+                    self._on_notice(payload)
+                except Exception:
+                    self.log.failure("Handling a notice failed")
+
+    @inlineCallbacks
+    def _report_loop(self) -> Any:
+        # Serves the producer's delivery reports and error callbacks.
+        while self._running:
+            try:
+                yield self._in_thread(self._producer.poll, 0.2)  # type: ignore[union-attr]
+            except Exception:
+                self.log.failure("Serving producer reports failed")

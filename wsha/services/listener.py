@@ -1,0 +1,41 @@
+"""ListenerService: serves a factory on a Twisted endpoint description."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import service
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory
+
+
+class ListenerService(service.Service):
+    """Listens on an endpoint (``tcp:8080``, ``ssl:8443:...``) while running.
+
+    :param reactor: the reactor to listen with.
+    :param description: a Twisted server endpoint string.
+    :param factory: the protocol factory to serve.
+    """
+
+    def __init__(self, reactor: Any, description: str, factory: Factory):
+        self._reactor = reactor
+        self.description = description
+        self.factory = factory
+        self.port: IListeningPort | None = None
+
+    @inlineCallbacks
+    def startService(self) -> Any:
+        """Fire once the port is listening."""
+        service.Service.startService(self)
+        endpoint = serverFromString(self._reactor, self.description)
+        self.port = yield endpoint.listen(self.factory)
+
+    @inlineCallbacks
+    def stopService(self) -> Any:
+        """Fire once the port no longer listens."""
+        service.Service.stopService(self)
+        if self.port is not None:
+            yield self.port.stopListening()
+            self.port = None

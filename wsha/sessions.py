@@ -1,0 +1,128 @@
+"""Who holds which session: claims with fencing epochs (invariant 3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import inlineCallbacks
+
+from wsha import keys
+from wsha.inbox import RedisCommands
+from wsha.lua import load
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The outcome of claiming a session for this node."""
+
+    epoch: str
+    previous_node: str
+    previously_online: bool
+    replay_after: str
+    pending: int
+    trimmed: bool
+    resumed: bool
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """One session of a user as stored: where it is and how far it acknowledged."""
+
+    session: str
+    node: str
+    online: bool
+    epoch: str
+    cursor: str
+    seen: int
+
+
+class SessionRegistry:
+    """Claims, releases and acknowledges sessions, fenced by epoch.
+
+    :param redis: a connected txredisapi connection or pool.
+    :param ttl_seconds: how long an idle session's state (cursor) is kept.
+    :param replay_cap: the most pending entries counted when a session is claimed.
+    """
+
+    _claim_script = load("claim")
+    _release_script = load("release")
+    _ack_script = load("ack")
+
+    def __init__(self, redis: RedisCommands, ttl_seconds: int, replay_cap: int = 10_000):
+        self._redis = redis
+        self.ttl_seconds = ttl_seconds
+        self.replay_cap = replay_cap
+
+    @inlineCallbacks
+    def claim(self, user: str, session: str, node: str, after: str | None) -> Any:
+        """Make ``node`` the owner of the session with a new epoch; fires a :class:`Claim`."""
+        reply = yield self._redis.eval(
+            self._claim_script,
+            [
+                keys.session(user, session),
+                keys.sessions(user),
+                keys.online(user),
+                keys.inbox(user),
+            ],
+            [session, node, after or "", self.ttl_seconds, self.replay_cap],
+        )
+        epoch, prev_node, prev_online, replay_after, pending, trimmed, existed = reply
+        return Claim(
+            epoch=str(epoch),
+            previous_node=str(prev_node),
+            previously_online=str(prev_online) == "1",
+            replay_after=str(replay_after),
+            pending=int(pending),
+            trimmed=bool(int(trimmed)),
+            resumed=bool(int(existed)),
+        )
+
+    @inlineCallbacks
+    def release(self, user: str, session: str, epoch: str) -> Any:
+        """Mark the session offline if ``epoch`` still owns it; fires True if it did."""
+        reply = yield self._redis.eval(
+            self._release_script,
+            [keys.session(user, session), keys.online(user)],
+            [session, epoch],
+        )
+        return bool(int(reply))
+
+    @inlineCallbacks
+    def acknowledge(self, user: str, session: str, epoch: str, upto: str) -> Any:
+        """Advance the session's ack cursor to ``upto``; fires True if it moved."""
+        reply = yield self._redis.eval(
+            self._ack_script, [keys.session(user, session)], [epoch, upto]
+        )
+        return bool(int(reply))
+
+    @inlineCallbacks
+    def lookup(self, user: str) -> Any:
+        """Fire with the user's known sessions as :class:`SessionInfo`, sorted by id."""
+        members = yield self._redis.execute_command("SMEMBERS", keys.sessions(user))
+        found = []
+        for session in sorted(members or ()):
+            flat = yield self._redis.execute_command(
+                "HGETALL", keys.session(user, session)
+            )
+            fields = _as_dict(flat)
+            if not fields:
+                continue
+            found.append(
+                SessionInfo(
+                    session=session,
+                    node=fields.get("node", ""),
+                    online=fields.get("online") == "1",
+                    epoch=fields.get("epoch", "0"),
+                    cursor=fields.get("cursor", "0-0"),
+                    seen=int(fields.get("seen", 0)),
+                )
+            )
+        return found
+
+
+def _as_dict(reply: Any) -> dict[str, str]:
+    if isinstance(reply, dict):
+        return {str(k): str(v) for k, v in reply.items()}
+    flat = list(reply or ())
+    return {str(k): str(v) for k, v in zip(flat[::2], flat[1::2])}

@@ -1,0 +1,173 @@
+"""The client wire contract: frames, error codes and close codes.
+
+The single source of truth for what ``docs/protocol.md`` describes. Frames are
+JSON text objects with a ``type``; everything a client sends is validated here
+before any other code sees it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+# Close codes: the client decides from these alone what to do next.
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_SERVER_ERROR = 1011
+CLOSE_RESTARTING = 1012
+CLOSE_TRY_LATER = 1013
+CLOSE_TAKEN_OVER = 4001
+CLOSE_UNAUTHORIZED = 4401
+
+# Error codes carried in ``error`` frames, with whether a retry can succeed.
+ERRORS: dict[str, bool] = {
+    "bad_json": False,
+    "bad_frame": False,
+    "unknown_type": False,
+    "binary_not_supported": False,
+    "bad_recipient": False,
+    "body_too_big": False,
+    "unavailable": True,
+    "internal": True,
+}
+
+MAX_ID_LENGTH = 128
+USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.@:\-]{1,128}$")
+STREAM_ID_PATTERN = re.compile(r"^\d{1,20}-\d{1,20}$")
+
+
+class FrameError(Exception):
+    """A client frame that cannot be accepted; becomes an ``error`` frame."""
+
+    def __init__(self, code: str, message: str, frame_id: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.frame_id = frame_id
+
+
+@dataclass(frozen=True)
+class Send:
+    """A client's ``send``: deliver ``body`` to user ``to``; ``id`` makes it idempotent."""
+
+    to: str
+    id: str
+    body: Any
+
+
+@dataclass(frozen=True)
+class Ack:
+    """A client's ``ack``: it has received everything up to inbox id ``upto``."""
+
+    upto: str
+
+
+@dataclass(frozen=True)
+class Ping:
+    """A client's application-level ``ping``; answered with ``pong``."""
+
+    id: str | None
+
+
+ClientFrame = Send | Ack | Ping
+
+
+def is_valid_user_id(user: str) -> bool:
+    """Say whether ``user`` is usable as a user or session id."""
+    return bool(USER_ID_PATTERN.match(user))
+
+
+def is_valid_stream_id(value: str) -> bool:
+    """Say whether ``value`` looks like a Redis Stream id (``<ms>-<seq>``)."""
+    return bool(STREAM_ID_PATTERN.match(value))
+
+
+def stream_id_key(value: str) -> tuple[int, int]:
+    """Turn a stream id into a tuple that orders the way Redis orders ids."""
+    ms, _, seq = value.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def parse_client_frame(text: str, max_body_bytes: int) -> ClientFrame:
+    """Validate one text frame from a client and return what it asks for.
+
+    :param text: the frame's payload, already decoded as UTF-8.
+    :param max_body_bytes: the largest ``send`` body accepted, as encoded JSON.
+    :raises FrameError: with the error code to send back.
+    """
+    try:
+        frame = json.loads(text)
+    except ValueError:
+        raise FrameError("bad_json", "frame is not valid JSON") from None
+    if not isinstance(frame, dict):
+        raise FrameError("bad_frame", "frame must be a JSON object")
+
+    frame_id = frame.get("id") if isinstance(frame.get("id"), str) else None
+    kind = frame.get("type")
+    if kind == "send":
+        return _parse_send(frame, frame_id, max_body_bytes)
+    if kind == "ack":
+        upto = frame.get("upto")
+        if not isinstance(upto, str) or not is_valid_stream_id(upto):
+            raise FrameError("bad_frame", "ack needs 'upto', an inbox id", frame_id)
+        return Ack(upto=upto)
+    if kind == "ping":
+        return Ping(id=frame_id)
+    if not isinstance(kind, str):
+        raise FrameError("bad_frame", "frame needs a string 'type'", frame_id)
+    raise FrameError("unknown_type", f"unknown frame type {kind[:40]!r}", frame_id)
+
+
+def _parse_send(frame: dict[str, Any], frame_id: str | None, max_body: int) -> Send:
+    if frame_id is None or not 0 < len(frame_id) <= MAX_ID_LENGTH:
+        raise FrameError("bad_frame", "send needs 'id', a string of 1-128 chars")
+    to = frame.get("to")
+    if not isinstance(to, str) or not is_valid_user_id(to):
+        raise FrameError("bad_recipient", "send needs 'to', a valid user id", frame_id)
+    if "body" not in frame:
+        raise FrameError("bad_frame", "send needs a 'body'", frame_id)
+    body = frame["body"]
+    if len(encode_body(body)) > max_body:
+        raise FrameError("body_too_big", f"body over {max_body} bytes", frame_id)
+    return Send(to=to, id=frame_id, body=body)
+
+
+def encode_body(body: Any) -> str:
+    """Encode a message body once, compactly, for storage in the inbox."""
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
+def error_frame(code: str, message: str, frame_id: str | None = None) -> dict[str, Any]:
+    """Build an ``error`` frame; ``retry`` says whether the same frame may succeed."""
+    frame: dict[str, Any] = {
+        "type": "error",
+        "code": code,
+        "message": message,
+        "retry": ERRORS.get(code, False),
+    }
+    if frame_id is not None:
+        frame["id"] = frame_id
+    return frame
+
+
+def encode(frame: dict[str, Any]) -> bytes:
+    """Encode a server frame for the wire."""
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def encode_message(entry_id: str, sender: str, body_json: str, ts: int) -> bytes:
+    """Encode a ``message`` frame around a body that is already JSON.
+
+    The body was encoded once when it was stored; it is spliced in, not
+    decoded and encoded again for every recipient.
+    """
+    head = json.dumps(
+        {"type": "message", "id": entry_id, "from": sender, "ts": ts},
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return (head[:-1] + ',"body":' + body_json + "}").encode()
