@@ -60,7 +60,8 @@ class Backoff:
 
     def next_delay(self, rng: random.Random) -> float:
         """The wait before the next attempt; each call counts one attempt."""
-        delay = rng.uniform(0, min(self.cap, self.base * (2**self.attempts)))
+        # The exponent is bounded: 2**1024 and above cannot become a float.
+        delay = rng.uniform(0, min(self.cap, self.base * (2 ** min(self.attempts, 64))))
         self.attempts += 1
         return delay
 

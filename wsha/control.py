@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 import uuid
 from typing import Any, Callable
@@ -63,8 +64,9 @@ class Guarded(resource.Resource):
         """Say whether the request carries the control token (or none is needed)."""
         if not self._token:
             return True
-        header = (request.getHeader(b"authorization") or b"").decode("latin-1")
-        return header == f"Bearer {self._token}"
+        header = request.getHeader(b"authorization") or b""
+        # Constant-time, so the token cannot be guessed from response timings.
+        return hmac.compare_digest(header, b"Bearer " + self._token.encode())
 
     def render(self, request: IRequest) -> Any:
         """Refuse unauthorized requests before dispatching on the method."""
@@ -143,7 +145,7 @@ class SendCommand(Guarded):
         if "body" not in command:
             return _error(request, 400, "bad_frame", "'body' is required")
         body_json = wire.encode_body(command["body"])
-        if len(body_json) > self._gateway.max_body_bytes:
+        if len(body_json.encode()) > self._gateway.max_body_bytes:
             return _error(request, 413, "body_too_big", "body over the size limit")
 
         def stored(result: Any) -> tuple[int, dict[str, Any]]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import txaio
 from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
 
@@ -36,8 +35,6 @@ class GatewayNode(OrderedMultiService):
     def __init__(self, config: NodeConfig, reactor: Any):
         super().__init__()
         config.check()
-        # Autobahn logs every frame at debug level; an operator wants events.
-        txaio.set_global_log_level("info")
         self.config = config
         self.node_id = config.node_id
 

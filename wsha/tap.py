@@ -53,13 +53,13 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         """Merge the environment with the command line and check the result."""
-        config = _defaults()
-        for key, value in self.items():
-            if value is not None:
-                setattr(config, key.replace("-", "_"), value)
         try:
+            config = _defaults()
+            for key, value in self.items():
+                if value is not None:
+                    setattr(config, key.replace("-", "_"), value)
             config.check()
-        except ValueError as e:
+        except (ValueError, OSError) as e:
             raise usage.UsageError(str(e)) from None
         self["config"] = config
 

@@ -41,4 +41,10 @@ def decode_notice(raw: bytes) -> dict[str, Any]:
         raise ValueError("not a wsha notice")
     if not isinstance(notice.get("user"), str):
         raise ValueError("notice without a user")
+    if notice["kind"] == TAKEOVER:
+        epoch = notice.get("epoch")
+        if not isinstance(notice.get("session"), str):
+            raise ValueError("takeover notice without a session")
+        if not isinstance(epoch, int) or isinstance(epoch, bool):
+            raise ValueError("takeover notice without an integer epoch")
     return notice

@@ -131,7 +131,7 @@ def _parse_send(frame: dict[str, Any], frame_id: str | None, max_body: int) -> S
     if "body" not in frame:
         raise FrameError("bad_frame", "send needs a 'body'", frame_id)
     body = frame["body"]
-    if len(encode_body(body)) > max_body:
+    if len(encode_body(body).encode()) > max_body:
         raise FrameError("body_too_big", f"body over {max_body} bytes", frame_id)
     return Send(to=to, id=frame_id, body=body)
 

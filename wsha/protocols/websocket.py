@@ -19,6 +19,10 @@ from wsha.gateway import Gateway
 
 WS_PATH = "/ws"
 
+# Module-level on purpose: Autobahn's protocol classes use their own ``log``
+# attribute for per-frame debug events, which must stay with txaio's logger.
+log = Logger()
+
 
 def _first(params: dict[str, list[str]], name: str) -> str | None:
     values = params.get(name)
@@ -40,7 +44,6 @@ def bearer_token(request: ConnectionRequest) -> str | None:
 class GatewayServerProtocol(WebSocketServerProtocol):
     """One client's WebSocket: authenticates on open, then hands frames over."""
 
-    log = Logger()
     factory: GatewayServerFactory
 
     client: ClientSession | None = None
@@ -77,7 +80,7 @@ class GatewayServerProtocol(WebSocketServerProtocol):
         """Refuse with the close code chosen in onConnect, or start the session."""
         if self._refusal is not None:
             code, reason = self._refusal
-            self.log.info("Refused {peer}: {reason}", peer=self.peer, reason=reason)
+            log.info("Refused {peer}: {reason}", peer=self.peer, reason=reason)
             self.sendClose(code, reason)
             return
         assert self.client is not None

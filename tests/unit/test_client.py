@@ -1,0 +1,271 @@
+"""Unit tests for :mod:`wsha.client`: backoff and the client's frame handling.
+
+The client is driven through its ``_opened``/``_frame``/``_closed`` hooks with
+a fake link, on a MemoryReactorClock that records connection attempts.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+
+from wsha import wire
+from wsha.client import Backoff, GatewayClient, SendRejected
+
+
+class HighestRng(random.Random):
+    """A random source whose ``uniform`` always returns the top of the range."""
+
+    def uniform(self, a: float, b: float) -> float:
+        """Return ``b``, the largest value the range allows."""
+        return b
+
+
+class FakeTransport:
+    """The part of a TCP transport the client touches."""
+
+    def __init__(self) -> None:
+        self.aborted = False
+        self.paused = False
+
+    def abortConnection(self) -> None:
+        """Record the abort."""
+        self.aborted = True
+
+    def pauseProducing(self) -> None:
+        """Record the pause."""
+        self.paused = True
+
+
+class FakeLink:
+    """A stand-in for the client's WebSocket protocol."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.closes: list[int | None] = []
+        self.transport = FakeTransport()
+
+    def sendMessage(self, payload: bytes, isBinary: bool = False) -> None:
+        """Keep the decoded text frame."""
+        assert not isBinary
+        self.sent.append(json.loads(payload))
+
+    def sendClose(self, code: int | None = None, reason: str | None = None) -> None:
+        """Keep the close code."""
+        self.closes.append(code)
+
+
+class BackoffTests(SynchronousTestCase):
+    """Capped exponential backoff with full jitter."""
+
+    def test_bounds_double_up_to_the_cap(self) -> None:
+        """Each delay's upper bound doubles from base until it reaches cap."""
+        backoff = Backoff(base=0.5, cap=5.0)
+        delays = [backoff.next_delay(HighestRng()) for _ in range(6)]
+        self.assertEqual(delays, [0.5, 1.0, 2.0, 4.0, 5.0, 5.0])
+
+    def test_full_jitter_stays_within_bounds(self) -> None:
+        """Random delays are never negative nor above min(cap, base * 2^n)."""
+        backoff = Backoff(base=0.2, cap=3.0)
+        rng = random.Random(1)
+        for attempt in range(40):
+            delay = backoff.next_delay(rng)
+            self.assertTrue(0 <= delay <= min(3.0, 0.2 * 2**attempt))
+
+    def test_reset_starts_over(self) -> None:
+        """After reset() the next delay is bounded by base again."""
+        backoff = Backoff(base=0.2, cap=15.0)
+        for _ in range(5):
+            backoff.next_delay(HighestRng())
+        backoff.reset()
+        self.assertEqual(backoff.attempts, 0)
+        self.assertEqual(backoff.next_delay(HighestRng()), 0.2)
+
+    def test_long_outage_does_not_overflow(self) -> None:
+        """Thousands of failed attempts still give the capped delay."""
+        backoff = Backoff(base=0.2, cap=15.0, attempts=5000)
+        self.assertEqual(backoff.next_delay(HighestRng()), 15.0)
+
+
+class GatewayClientTests(SynchronousTestCase):
+    """Resume, resend, dedupe and reconnect decisions of GatewayClient."""
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.messages: list[dict[str, Any]] = []
+        self.client = GatewayClient(
+            self.reactor,
+            "ws://127.0.0.1:8080/ws",
+            "tok",
+            "phone",
+            self.messages.append,
+            after="3-0",
+            rng=HighestRng(),
+        )
+
+    def connect_query(self, index: int) -> dict[str, list[str]]:
+        """The query string of the index-th connection attempt."""
+        host, port, factory = self.reactor.tcpClients[index][:3]
+        self.assertEqual((host, port), ("127.0.0.1", 8080))
+        return parse_qs(urlparse(factory._wrappedFactory.url).query)
+
+    def open(self) -> FakeLink:
+        """Start the client and open a link on it, without welcome yet."""
+        self.client.start()
+        link = FakeLink()
+        self.client._opened(link)
+        return link
+
+    def welcome(self, link: FakeLink) -> None:
+        """Deliver a welcome frame on ``link``."""
+        self.client._frame(link, {"type": "welcome", "epoch": 1})
+
+    def message(self, link: FakeLink, entry_id: str) -> None:
+        """Deliver a message frame with inbox id ``entry_id``."""
+        self.client._frame(link, {"type": "message", "id": entry_id, "body": entry_id})
+
+    def test_connect_carries_token_session_and_after(self) -> None:
+        """The connection URL names the token, the session and the resume point."""
+        self.client.start()
+        self.assertEqual(
+            self.connect_query(0),
+            {"token": ["tok"], "session": ["phone"], "after": ["3-0"]},
+        )
+
+    def test_pending_sends_are_resent_on_welcome(self) -> None:
+        """Sends made while not welcomed go out, in order, once the welcome arrives."""
+        link = self.open()
+        first = self.client.send("bob", {"n": 1}, "c1")
+        self.client.send("bob", {"n": 2}, "c2")
+        self.assertEqual(link.sent, [])
+        connected = self.client.when_connected()
+
+        self.welcome(link)
+
+        self.assertEqual([f["id"] for f in link.sent], ["c1", "c2"])
+        self.assertEqual(
+            link.sent[0], {"type": "send", "to": "bob", "id": "c1", "body": {"n": 1}}
+        )
+        self.assertEqual(self.client.stats.resends, 2)
+        self.assertEqual(self.successResultOf(connected)["epoch"], 1)
+
+        ack = {"type": "ack", "id": "c1", "inbox": "9-0", "duplicate": False}
+        self.client._frame(link, ack)
+        self.assertEqual(self.successResultOf(first), ack)
+        self.assertEqual(self.client.unacknowledged, 1)
+
+    def test_send_while_welcomed_is_written_at_once(self) -> None:
+        """A send on a welcomed link is written immediately and kept until acked."""
+        link = self.open()
+        self.welcome(link)
+        d = self.client.send("bob", "hi", "c9")
+        self.assertEqual(link.sent[-1]["id"], "c9")
+        self.assertNoResult(d)
+
+    def test_final_error_fails_the_send(self) -> None:
+        """An error with retry false fails the send with SendRejected."""
+        link = self.open()
+        self.welcome(link)
+        d = self.client.send("b b", "hi", "c1")
+        self.client._frame(link, wire.error_frame("bad_recipient", "no", "c1"))
+        self.assertEqual(
+            self.failureResultOf(d, SendRejected).value.code, "bad_recipient"
+        )
+        self.assertEqual(self.client.unacknowledged, 0)
+
+    def test_retryable_error_resends_later(self) -> None:
+        """An error with retry true keeps the send and writes it again after a pause."""
+        link = self.open()
+        self.welcome(link)
+        d = self.client.send("bob", "hi", "c1")
+        self.client._frame(link, wire.error_frame("unavailable", "down", "c1"))
+        self.assertEqual(len(link.sent), 1)
+
+        self.reactor.advance(0.2 + 0.5)
+
+        self.assertEqual([f["id"] for f in link.sent], ["c1", "c1"])
+        self.assertNoResult(d)
+
+    def test_duplicate_and_old_messages_are_dropped_and_counted(self) -> None:
+        """Messages not after the last id seen are dropped; ids compare numerically."""
+        link = self.open()
+        self.welcome(link)
+        for entry_id in ("2-0", "3-0", "9-0", "10-0", "9-5", "10-0", "10-1"):
+            self.message(link, entry_id)
+
+        self.assertEqual([m["id"] for m in self.messages], ["9-0", "10-0", "10-1"])
+        self.assertEqual(self.client.stats.duplicates_dropped, 4)
+        self.assertEqual(self.client.last_id, "10-1")
+
+    def test_received_messages_are_acknowledged_in_one_ack(self) -> None:
+        """Messages are acknowledged together, up to the last, after ack_interval."""
+        link = self.open()
+        self.welcome(link)
+        self.message(link, "4-0")
+        self.message(link, "5-0")
+        self.assertEqual(link.sent, [])
+
+        self.reactor.advance(0.05)
+
+        self.assertEqual(link.sent, [{"type": "ack", "upto": "5-0"}])
+
+    def test_taken_over_stops_reconnecting(self) -> None:
+        """Close code 4001 stops the client and reports it; nothing is scheduled."""
+        stopped: list[int | None] = []
+        self.client.on_stopped = lambda code, reason: stopped.append(code)
+        link = self.open()
+        self.client._closed(link, wire.CLOSE_TAKEN_OVER, "taken over")
+
+        self.reactor.advance(60)
+
+        self.assertEqual(stopped, [wire.CLOSE_TAKEN_OVER])
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        self.assertEqual(self.client.stats.closes, {wire.CLOSE_TAKEN_OVER: 1})
+
+    def test_other_close_reconnects_after_backoff(self) -> None:
+        """A server error close reconnects after the backoff delay, resuming after."""
+        link = self.open()
+        self.welcome(link)
+        self.message(link, "8-0")
+        self.client._closed(link, wire.CLOSE_SERVER_ERROR, "oops")
+
+        self.reactor.advance(0.19)
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        self.reactor.advance(0.01)
+
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+        self.assertEqual(self.connect_query(1)["after"], ["8-0"])
+
+    def test_restarting_close_reconnects_within_a_second(self) -> None:
+        """Close code 1012 reconnects after a jitter of at most one second."""
+        link = self.open()
+        self.client.backoff.attempts = 10
+        self.client._closed(link, wire.CLOSE_RESTARTING, "draining")
+        self.reactor.advance(1.0)
+        self.assertEqual(len(self.reactor.tcpClients), 2)
+
+    def test_close_of_a_replaced_link_is_ignored(self) -> None:
+        """A late close from an old link does not disturb the current one."""
+        old = self.open()
+        new = FakeLink()
+        self.client._opened(new)
+        self.client._closed(old, wire.CLOSE_SERVER_ERROR, "old")
+        self.reactor.advance(60)
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        self.welcome(new)
+        self.assertIsNotNone(self.client.welcome)
+
+    def test_stop_closes_normally_and_cancels_reconnect(self) -> None:
+        """stop() sends close 1000 and no reconnect follows."""
+        link = self.open()
+        self.client.stop()
+        self.client._closed(link, wire.CLOSE_NORMAL, "bye")
+        self.reactor.advance(60)
+        self.assertEqual(link.closes, [wire.CLOSE_NORMAL])
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])

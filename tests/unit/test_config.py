@@ -1,0 +1,101 @@
+"""Unit tests for :mod:`wsha.config`: checks and loading from the environment."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from wsha.config import NodeConfig
+
+
+def good(**overrides: object) -> NodeConfig:
+    """A configuration that passes check(), with ``overrides`` applied."""
+    config = NodeConfig(node_id="n1", jwt_secret="s")
+    for name, value in overrides.items():
+        setattr(config, name, value)
+    return config
+
+
+def test_good_config_passes_check() -> None:
+    """A config with a secret and the default limits is accepted."""
+    good().check()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"jwt_secret": ""}, "JWT key is required"),
+        ({"max_body_bytes": 128 * 1024}, "max-body-bytes must be below"),
+        ({"inbox_max_length": 0}, "inbox-max-length must be positive"),
+        ({"inbox_ttl": -1}, "inbox-ttl must be positive"),
+        ({"dedupe_ttl": 0}, "dedupe-ttl must be positive"),
+        ({"session_ttl": 0}, "session-ttl must be positive"),
+        ({"dedupe_ttl": 100, "inbox_ttl": 99}, "dedupe-ttl must not exceed"),
+    ],
+)
+def test_check_names_the_broken_setting(
+    overrides: dict[str, object], message: str
+) -> None:
+    """check() raises ValueError naming the first setting that cannot work."""
+    with pytest.raises(ValueError, match=message):
+        good(**overrides).check()
+
+
+def test_environment_variables_are_read_and_coerced() -> None:
+    """WSHA_<FIELD> variables set fields, converted to each field's type."""
+    config = NodeConfig.from_environment(
+        {
+            "WSHA_NODE_ID": "gw-1",
+            "WSHA_JWT_SECRET": "k",
+            "WSHA_MAX_BODY_BYTES": "1000",
+            "WSHA_REDIS_TIMEOUT": "2.5",
+            "WSHA_SOMETHING_ELSE": "ignored",
+            "HOME": "/root",
+        }
+    )
+    assert (config.node_id, config.jwt_secret) == ("gw-1", "k")
+    assert config.max_body_bytes == 1000
+    assert config.redis_timeout == 2.5
+    assert config.port == NodeConfig.port
+
+
+def test_config_file_is_read_and_environment_wins(tmp_path: Path) -> None:
+    """WSHA_CONFIG_FILE is loaded first; a WSHA_<FIELD> variable overrides it."""
+    path = tmp_path / "node.json"
+    path.write_text(
+        json.dumps({"kafka": "10.0.0.1:9092", "node_id": "from-file", "inbox_ttl": 50})
+    )
+    config = NodeConfig.from_environment(
+        {"WSHA_CONFIG_FILE": str(path), "WSHA_NODE_ID": "from-env"}
+    )
+    assert config.kafka == "10.0.0.1:9092"
+    assert config.node_id == "from-env"
+    assert config.inbox_ttl == 50
+
+
+def test_unknown_key_in_config_file_is_an_error(tmp_path: Path) -> None:
+    """A config file naming a setting that does not exist is refused."""
+    path = tmp_path / "node.json"
+    path.write_text(json.dumps({"kafka": "k:1", "kafak": "typo:1"}))
+    with pytest.raises(ValueError, match="unknown settings: kafak"):
+        NodeConfig.from_environment({"WSHA_CONFIG_FILE": str(path)})
+
+
+def test_bad_number_in_environment_is_an_error() -> None:
+    """A non-numeric value for a numeric setting raises ValueError."""
+    with pytest.raises(ValueError):
+        NodeConfig.from_environment({"WSHA_INBOX_TTL": "a week"})
+
+
+def test_from_mapping_skips_none_values() -> None:
+    """A None value leaves the field's default in place."""
+    config = NodeConfig.from_mapping({"redis": None, "node_id": "n"})
+    assert config.redis == NodeConfig.redis
+    assert config.node_id == "n"
+
+
+def test_default_node_ids_are_unique() -> None:
+    """Two configs built without a node id get different ones."""
+    assert NodeConfig().node_id != NodeConfig().node_id

@@ -1,0 +1,153 @@
+"""Unit tests for :mod:`wsha.protocols.websocket`: tokens and handshake decisions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.unit.fakes import GatewayHarness
+from wsha import wire
+from wsha.auth import TokenVerifier, mint_token
+from wsha.protocols.websocket import GatewayServerProtocol, bearer_token
+
+SECRET = "websocket-unit-secret-" + "x" * 32
+
+
+def connection_request(
+    path: str = "/ws",
+    params: dict[str, list[str]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> ConnectionRequest:
+    """A handshake request as Autobahn gives onConnect (header names lowercased)."""
+    return ConnectionRequest(
+        "tcp:127.0.0.1:50000",
+        headers or {},
+        "127.0.0.1:8080",
+        path,
+        params or {},
+        13,
+        None,
+        [],
+        [],
+    )
+
+
+class StubFactory:
+    """What GatewayServerProtocol reads from its factory."""
+
+    def __init__(self, gateway: Any) -> None:
+        self.gateway = gateway
+        self.verifier = TokenVerifier(SECRET)
+        self.accepting = True
+
+
+class BearerTokenTests(SynchronousTestCase):
+    """Where bearer_token() finds the token."""
+
+    def test_query_parameter(self) -> None:
+        """``?token=`` is used, and wins over the header."""
+        request = connection_request(
+            params={"token": ["q"]}, headers={"authorization": "Bearer h"}
+        )
+        self.assertEqual(bearer_token(request), "q")
+
+    def test_authorization_header(self) -> None:
+        """An ``Authorization: Bearer`` header is used, any case of the scheme."""
+        for header in ("Bearer abc", "bearer abc", "BEARER  abc "):
+            request = connection_request(headers={"authorization": header})
+            self.assertEqual(bearer_token(request), "abc")
+
+    def test_no_token(self) -> None:
+        """Without a usable query parameter or header there is no token."""
+        for headers in (
+            {},
+            {"authorization": "Basic abc"},
+            {"authorization": "Bearer "},
+        ):
+            request = connection_request(params={"token": [""]}, headers=headers)
+            self.assertIsNone(bearer_token(request))
+
+
+class OnConnectTests(SynchronousTestCase):
+    """The handshake's decisions: deny, refuse after open, or accept."""
+
+    def setUp(self) -> None:
+        self.harness = GatewayHarness()
+        self.factory = StubFactory(self.harness.gateway)
+        self.protocol = GatewayServerProtocol()
+        self.protocol.factory = self.factory
+        self.closes: list[tuple[int, str]] = []
+        self.protocol.sendClose = lambda code, reason: self.closes.append(
+            (code, reason)
+        )
+        self.protocol.peer = "tcp:127.0.0.1:50000"
+
+    def connect(self, path: str = "/ws", **params: str) -> None:
+        """Run onConnect with ``params`` as the query."""
+        query = {name: [value] for name, value in params.items()}
+        self.protocol.onConnect(connection_request(path, query))
+
+    def token(self, user: str = "alice") -> str:
+        """A valid token for ``user``."""
+        return mint_token(SECRET, user)
+
+    def test_wrong_path_is_denied_with_404(self) -> None:
+        """Any path but /ws is refused at the handshake with HTTP 404."""
+        with self.assertRaises(ConnectionDeny) as raised:
+            self.connect("/other", token=self.token(), session="s")
+        self.assertEqual(raised.exception.code, 404)
+
+    def test_missing_token_closes_with_4401_after_open(self) -> None:
+        """Without a token the socket opens, then closes with 4401."""
+        self.connect(session="s")
+        self.assertIsNone(self.protocol.client)
+        self.protocol.onOpen()
+        self.assertEqual(self.closes[0][0], wire.CLOSE_UNAUTHORIZED)
+        self.assertEqual(self.harness.registry.claims, [])
+
+    def test_bad_token_closes_with_4401(self) -> None:
+        """A token signed with another key is refused with 4401."""
+        self.connect(token=mint_token("other-" + "y" * 40, "alice"), session="s")
+        self.protocol.onOpen()
+        self.assertEqual(self.closes[0][0], wire.CLOSE_UNAUTHORIZED)
+
+    def test_bad_session_or_after_closes_with_1008(self) -> None:
+        """A missing or invalid session, or a bad after, is refused with 1008."""
+        for params in ({}, {"session": "a b"}, {"session": "s", "after": "yesterday"}):
+            self.closes.clear()
+            self.protocol._refusal = None
+            self.connect(token=self.token(), **params)
+            self.protocol.onOpen()
+            self.assertEqual(self.closes[0][0], wire.CLOSE_POLICY)
+        self.assertEqual(self.harness.registry.claims, [])
+
+    def test_draining_node_refuses_with_1012(self) -> None:
+        """A node that stopped accepting closes new sockets with 1012."""
+        self.factory.accepting = False
+        self.connect(token=self.token(), session="s")
+        self.protocol.onOpen()
+        self.assertEqual(self.closes[0][0], wire.CLOSE_RESTARTING)
+
+    def test_valid_request_starts_a_session(self) -> None:
+        """A good token and session build a ClientSession that claims on open."""
+        self.connect(token=self.token("alice"), session="tab-1", after="5-0")
+        client = self.protocol.client
+        assert client is not None
+        self.assertEqual(
+            (client.user, client.session, client.after), ("alice", "tab-1", "5-0")
+        )
+        self.assertEqual(self.harness.registry.claims, [])
+
+        self.protocol.onOpen()
+
+        self.assertEqual(self.closes, [])
+        self.assertEqual(self.harness.registry.claims[0][0][:2], ("alice", "tab-1"))
+
+    def test_close_hands_over_to_the_session(self) -> None:
+        """onClose marks the session's connection lost."""
+        self.connect(token=self.token(), session="s")
+        self.protocol.onClose(True, 1000, None)
+        assert self.protocol.client is not None
+        self.assertTrue(self.protocol.client.closed)
