@@ -27,6 +27,7 @@ setup(
         "test": [
             "pytest>=8,<10",
             "pytest-twisted>=1.14,<2",
+            "pytest-timeout>=2.3,<3",
             "ruff>=0.5",
             "mypy>=1.10",
         ],

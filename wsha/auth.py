@@ -52,7 +52,9 @@ class TokenVerifier:
         return user
 
 
-def mint_token(secret: str, user: str, ttl: float = 3600.0, now: float | None = None) -> str:
+def mint_token(
+    secret: str, user: str, ttl: float = 3600.0, now: float | None = None
+) -> str:
     """Sign an HS256 token for ``user`` valid for ``ttl`` seconds (demo and tests)."""
     issued = time.time() if now is None else now
     claims = {"sub": user, "iat": int(issued), "exp": int(issued + ttl)}

@@ -12,8 +12,9 @@ import json
 import random
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlencode, urlparse
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
@@ -132,9 +133,9 @@ class GatewayClient:
 
         self._link: _ClientProtocol | None = None
         self._abandoned: list[_ClientProtocol] = []
-        self._pending: OrderedDict[str, tuple[dict[str, Any], Deferred[dict[str, Any]]]] = (
-            OrderedDict()
-        )
+        self._pending: OrderedDict[
+            str, tuple[dict[str, Any], Deferred[dict[str, Any]]]
+        ] = OrderedDict()
         self._acked_upto: str | None = after
         self._ack_call: IDelayedCall | None = None
         self._reconnect_call: IDelayedCall | None = None
@@ -161,13 +162,20 @@ class GatewayClient:
             link.transport.abortConnection()
         self._abandoned = []
 
-    def send(self, to: str, body: Any, client_id: str | None = None) -> Deferred[dict[str, Any]]:
+    def send(
+        self, to: str, body: Any, client_id: str | None = None
+    ) -> Deferred[dict[str, Any]]:
         """Send ``body`` to user ``to``; fires with the gateway's ``ack`` frame.
 
         The send is kept, and re-sent with the same id after any reconnect,
         until the gateway acknowledges it; the gateway stores it once.
         """
-        frame = {"type": "send", "to": to, "id": client_id or uuid.uuid4().hex, "body": body}
+        frame = {
+            "type": "send",
+            "to": to,
+            "id": client_id or uuid.uuid4().hex,
+            "body": body,
+        }
         d: Deferred[dict[str, Any]] = Deferred()
         self._pending[frame["id"]] = (frame, d)
         if self.welcome is not None and self._link is not None:
@@ -223,7 +231,11 @@ class GatewayClient:
         )
         bind = (self.bind_address, 0) if self.bind_address else None
         endpoint = TCP4ClientEndpoint(
-            self._reactor, parsed.hostname, parsed.port or 80, timeout=10, bindAddress=bind
+            self._reactor,
+            parsed.hostname,
+            parsed.port or 80,
+            timeout=10,
+            bindAddress=bind,
         )
         d = endpoint.connect(factory)
         d.addErrback(self._connect_failed)
@@ -240,7 +252,9 @@ class GatewayClient:
         self._link = link
         self.stats.connects += 1
 
-    def _closed(self, link: _ClientProtocol, code: int | None, reason: str | None) -> None:
+    def _closed(
+        self, link: _ClientProtocol, code: int | None, reason: str | None
+    ) -> None:
         if code is not None:
             self.stats.closes[code] = self.stats.closes.get(code, 0) + 1
         if link in self._abandoned:
@@ -291,20 +305,27 @@ class GatewayClient:
 
     def _message(self, frame: dict[str, Any]) -> None:
         entry_id = frame["id"]
-        if self.last_id and wire.stream_id_key(entry_id) <= wire.stream_id_key(self.last_id):
+        if self.last_id and wire.stream_id_key(entry_id) <= wire.stream_id_key(
+            self.last_id
+        ):
             self.stats.duplicates_dropped += 1
             return
         self.last_id = entry_id
         self.stats.messages += 1
         if self._ack_call is None:
-            self._ack_call = self._reactor.callLater(self._ack_interval, self._flush_ack)
+            self._ack_call = self._reactor.callLater(
+                self._ack_interval, self._flush_ack
+            )
         self._on_message(frame)
 
     def _error(self, frame: dict[str, Any]) -> None:
         client_id = frame.get("id")
         if client_id not in self._pending:
-            self.log.warn("Gateway error: {code} {message}", code=frame.get("code"),
-                          message=frame.get("message"))
+            self.log.warn(
+                "Gateway error: {code} {message}",
+                code=frame.get("code"),
+                message=frame.get("message"),
+            )
             return
         if frame.get("retry"):
             # Kept: re-sent after a short pause on this link, or on the next one.
@@ -328,4 +349,6 @@ class GatewayClient:
             self._acked_upto = self.last_id
 
     def _write(self, link: _ClientProtocol, frame: dict[str, Any]) -> None:
-        link.sendMessage(json.dumps(frame, separators=(",", ":")).encode(), isBinary=False)
+        link.sendMessage(
+            json.dumps(frame, separators=(",", ":")).encode(), isBinary=False
+        )

@@ -173,7 +173,9 @@ class ClientSession:
             self.gateway.release(self)
 
     def _send(self, frame: wire.Send) -> None:
-        d = self.gateway.submit(self.user, frame.to, frame.id, wire.encode_body(frame.body))
+        d = self.gateway.submit(
+            self.user, frame.to, frame.id, wire.encode_body(frame.body)
+        )
 
         def stored(result: Any) -> None:
             self._reply(

@@ -5,7 +5,8 @@ from __future__ import annotations
 import hmac
 import json
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
@@ -33,7 +34,9 @@ def _error(request: IRequest, status: int, code: str, message: str) -> bytes:
     )
 
 
-def _respond_later(request: IRequest, work: Deferred[tuple[int, dict[str, Any]]]) -> Any:
+def _respond_later(
+    request: IRequest, work: Deferred[tuple[int, dict[str, Any]]]
+) -> Any:
     """Finish ``request`` when ``work`` fires with (status, JSON body)."""
     log = Logger()
 
@@ -71,7 +74,9 @@ class Guarded(resource.Resource):
     def render(self, request: IRequest) -> Any:
         """Refuse unauthorized requests before dispatching on the method."""
         if not self.authorized(request):
-            return _error(request, 401, "unauthorized", "control token missing or wrong")
+            return _error(
+                request, 401, "unauthorized", "control token missing or wrong"
+            )
         return super().render(request)
 
 
@@ -141,7 +146,9 @@ class SendCommand(Guarded):
         if not isinstance(sender, str) or not wire.is_valid_user_id(sender):
             return _error(request, 400, "bad_frame", "'from' must be a valid user id")
         if not isinstance(client_id, str) or len(client_id) > wire.MAX_ID_LENGTH:
-            return _error(request, 400, "bad_frame", "'id' must be a string of 1-128 chars")
+            return _error(
+                request, 400, "bad_frame", "'id' must be a string of 1-128 chars"
+            )
         if "body" not in command:
             return _error(request, 400, "bad_frame", "'body' is required")
         body_json = wire.encode_body(command["body"])
@@ -149,7 +156,11 @@ class SendCommand(Guarded):
             return _error(request, 413, "body_too_big", "body over the size limit")
 
         def stored(result: Any) -> tuple[int, dict[str, Any]]:
-            return 200, {"id": client_id, "inbox": result.id, "duplicate": result.duplicate}
+            return 200, {
+                "id": client_id,
+                "inbox": result.id,
+                "duplicate": result.duplicate,
+            }
 
         work = self._gateway.submit(sender, to, client_id, body_json)
         return _respond_later(request, work.addCallback(stored))
@@ -164,7 +175,9 @@ class UserLookup(Guarded):
 
     def getChild(self, path: bytes, request: IRequest) -> resource.Resource:
         """Serve one user per path segment."""
-        return _UserResource(self._gateway, path.decode("utf-8", "replace"), self._token)
+        return _UserResource(
+            self._gateway, path.decode("utf-8", "replace"), self._token
+        )
 
 
 class _UserResource(Guarded):

@@ -7,7 +7,8 @@ interleave out of order, skip an entry or send one twice (invariant 2).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.interfaces import IDelayedCall, IReactorTime

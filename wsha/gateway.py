@@ -20,7 +20,6 @@ from wsha.delivery import SessionDelivery
 from wsha.inbox import AppendResult, InboxStore
 from wsha.sessions import Claim, SessionRegistry
 
-
 NEWER_CLAIM_MEMORY = 30.0
 """Seconds a takeover notice for a session not (yet) live here is remembered."""
 
@@ -111,12 +110,16 @@ class Gateway:
 
     def acknowledge(self, client: ClientSession, upto: str) -> None:
         """Record that ``client`` has received everything up to ``upto``."""
-        d = self.registry.acknowledge(client.user, client.session, str(client.epoch), upto)
+        d = self.registry.acknowledge(
+            client.user, client.session, str(client.epoch), upto
+        )
         d.addErrback(self._log_failure, "acknowledge", client)
 
     def new_delivery(self, client: ClientSession, after: str) -> SessionDelivery:
         """Build the inbox pump feeding ``client`` from ``after`` on."""
-        return SessionDelivery(self.inbox, client.user, after, client.deliver, self.clock)
+        return SessionDelivery(
+            self.inbox, client.user, after, client.deliver, self.clock
+        )
 
     def connection_count(self) -> int:
         """How many sessions are live on this node."""
@@ -128,7 +131,9 @@ class Gateway:
     def submit(self, sender: str, to: str, client_id: str, body_json: str) -> Any:
         """Store a message in ``to``'s inbox, then notify; fires an :class:`AppendResult`."""
         ts = int(self.clock.seconds() * 1000)
-        result: AppendResult = yield self.inbox.append(to, sender, client_id, body_json, ts)
+        result: AppendResult = yield self.inbox.append(
+            to, sender, client_id, body_json, ts
+        )
         for node in result.nodes:
             self._queue_notice(node, to)
         return result

@@ -14,7 +14,9 @@ from wsha.lua import load
 class RedisCommands(Protocol):
     """The part of a txredisapi connection that wsha's stores use."""
 
-    def eval(self, script: str, keys: list[str] = ..., args: list[Any] = ...) -> Deferred[Any]:
+    def eval(
+        self, script: str, keys: list[str] = ..., args: list[Any] = ...
+    ) -> Deferred[Any]:
         """Run a Lua script (cached by its hash)."""
 
     def execute_command(self, *args: Any, **kwargs: Any) -> Deferred[Any]:

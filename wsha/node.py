@@ -38,7 +38,9 @@ class GatewayNode(OrderedMultiService):
         self.config = config
         self.node_id = config.node_id
 
-        self.redis = RedisService(RedisAddress.from_url(config.redis), config.redis_timeout)
+        self.redis = RedisService(
+            RedisAddress.from_url(config.redis), config.redis_timeout
+        )
         self.redis.setName("redis")
         self.redis.setServiceParent(self)
 
@@ -50,7 +52,9 @@ class GatewayNode(OrderedMultiService):
             config.node_id,
             InboxStore(
                 self.redis,
-                InboxLimits(config.inbox_max_length, config.inbox_ttl, config.dedupe_ttl),
+                InboxLimits(
+                    config.inbox_max_length, config.inbox_ttl, config.dedupe_ttl
+                ),
             ),
             SessionRegistry(self.redis, config.session_ttl),
             self.bus,

@@ -49,7 +49,9 @@ class SessionRegistry:
     _release_script = load("release")
     _ack_script = load("ack")
 
-    def __init__(self, redis: RedisCommands, ttl_seconds: int, replay_cap: int = 10_000):
+    def __init__(
+        self, redis: RedisCommands, ttl_seconds: int, replay_cap: int = 10_000
+    ):
         self._redis = redis
         self.ttl_seconds = ttl_seconds
         self.replay_cap = replay_cap

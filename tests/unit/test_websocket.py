@@ -79,8 +79,10 @@ class OnConnectTests(SynchronousTestCase):
         self.protocol = GatewayServerProtocol()
         self.protocol.factory = self.factory
         self.closes: list[tuple[int, str]] = []
-        self.protocol.sendClose = lambda code, reason: self.closes.append(
-            (code, reason)
+        # Autobahn's own frame writer is the boundary: its public sendClose
+        # rejects 1008/1012, so the protocol must go through sendCloseFrame.
+        self.protocol.sendCloseFrame = lambda code, reasonUtf8, isReply: (
+            self.closes.append((code, reasonUtf8.decode("utf-8")))
         )
         self.protocol.peer = "tcp:127.0.0.1:50000"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.util import encode_truncate
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.logger import Logger
 
@@ -59,29 +60,37 @@ class GatewayServerProtocol(WebSocketServerProtocol):
             raise ConnectionDeny(404, f"no WebSocket endpoint at {request.path}")
         if not self.factory.accepting:
             self._refusal = (wire.CLOSE_RESTARTING, "node is draining")
-            return None
+            return
         try:
             user = self.factory.verifier.verify(bearer_token(request))
         except AuthError as e:
             self._refusal = (wire.CLOSE_UNAUTHORIZED, str(e))
-            return None
+            return
 
         session = _first(request.params, "session")
         after = _first(request.params, "after")
         if session is None or not wire.is_valid_user_id(session):
-            self._refusal = (wire.CLOSE_POLICY, "query parameter 'session' missing or invalid")
+            self._refusal = (
+                wire.CLOSE_POLICY,
+                "query parameter 'session' missing or invalid",
+            )
         elif after is not None and not wire.is_valid_stream_id(after):
-            self._refusal = (wire.CLOSE_POLICY, "query parameter 'after' is not an inbox id")
+            self._refusal = (
+                wire.CLOSE_POLICY,
+                "query parameter 'after' is not an inbox id",
+            )
         else:
-            self.client = ClientSession(self.factory.gateway, self, user, session, after)
-        return None
+            self.client = ClientSession(
+                self.factory.gateway, self, user, session, after
+            )
+        return
 
     def onOpen(self) -> None:
         """Refuse with the close code chosen in onConnect, or start the session."""
         if self._refusal is not None:
             code, reason = self._refusal
             log.info("Refused {peer}: {reason}", peer=self.peer, reason=reason)
-            self.sendClose(code, reason)
+            self.close(code, reason)
             return
         assert self.client is not None
         self.client.start()
@@ -105,8 +114,16 @@ class GatewayServerProtocol(WebSocketServerProtocol):
         self.sendMessage(payload, isBinary=False)
 
     def close(self, code: int, reason: str) -> None:
-        """Start the closing handshake with ``code``."""
-        self.sendClose(code, reason)
+        """Start the closing handshake with ``code``.
+
+        Autobahn's public ``sendClose`` accepts only 1000 and 3000-4999, but
+        the contract also uses the standard codes 1008, 1009, 1012 and 1013,
+        so the close frame is sent through ``sendCloseFrame``, which checks
+        nothing; the reason is cut to the 123 bytes a close frame can carry.
+        """
+        self.sendCloseFrame(
+            code=code, reasonUtf8=encode_truncate(reason, 123), isReply=False
+        )
 
 
 class GatewayServerFactory(WebSocketServerFactory):
@@ -141,4 +158,7 @@ class GatewayServerFactory(WebSocketServerFactory):
             autoPingTimeout=ping_timeout,
             openHandshakeTimeout=10,
             closeHandshakeTimeout=5,
+            # Protocol errors (a frame over the limit, bad UTF-8) must reach
+            # the client as a close code (1009, 1007), not a bare TCP drop.
+            failByDrop=False,
         )

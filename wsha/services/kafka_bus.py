@@ -8,13 +8,13 @@ and results come back to the reactor with ``callFromThread``.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from twisted.application import service
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -142,7 +142,10 @@ class NodeBus(service.Service):
                 future.result(timeout=20)
             except Exception as e:
                 error = e.args[0] if e.args else None
-                if getattr(error, "code", lambda: None)() != KafkaError.TOPIC_ALREADY_EXISTS:
+                if (
+                    getattr(error, "code", lambda: None)()
+                    != KafkaError.TOPIC_ALREADY_EXISTS
+                ):
                     raise
 
     def thd_open_consumer(self) -> Consumer:
@@ -151,8 +154,12 @@ class NodeBus(service.Service):
         The end is read as an explicit offset so that every notice sent after
         this call returns is seen, with no lazy offset reset racing it.
         """
-        consumer = Consumer(consumer_config(self._bootstrap, f"wsha-node-{self.node_id}"))
-        _, high = consumer.get_watermark_offsets(TopicPartition(self.topic, 0), timeout=10)
+        consumer = Consumer(
+            consumer_config(self._bootstrap, f"wsha-node-{self.node_id}")
+        )
+        _, high = consumer.get_watermark_offsets(
+            TopicPartition(self.topic, 0), timeout=10
+        )
         consumer.assign([TopicPartition(self.topic, 0, high)])
         return consumer
 

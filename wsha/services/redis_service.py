@@ -76,7 +76,9 @@ class RedisService(service.Service):
             replyTimeout=self.timeout,
             convertNumbers=False,
         )
-        self.log.info("Connected to Redis at {host}:{port}", host=address.host, port=address.port)
+        self.log.info(
+            "Connected to Redis at {host}:{port}", host=address.host, port=address.port
+        )
 
     @inlineCallbacks
     def stopService(self) -> Any:
