@@ -14,13 +14,13 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode, urlparse
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, ITCPTransport
 from twisted.logger import Logger
 
 from wsha import wire
@@ -30,6 +30,11 @@ Token = str | Callable[[], str]
 # What the client does after each close code (docs/protocol.md, "Close codes").
 STOP_CODES = {wire.CLOSE_TAKEN_OVER, wire.CLOSE_POLICY}
 NOW_CODES = {wire.CLOSE_RESTARTING}
+
+
+def _tcp(link: WebSocketClientProtocol) -> ITCPTransport:
+    """The link's TCP transport (the client only ever connects over TCP)."""
+    return cast(ITCPTransport, link.transport)
 
 
 class SendRejected(Exception):
@@ -159,7 +164,7 @@ class GatewayClient:
             self._flush_ack()
             self._link.sendClose(wire.CLOSE_NORMAL)
         for link in self._abandoned:
-            link.transport.abortConnection()
+            _tcp(link).abortConnection()
         self._abandoned = []
 
     def send(
@@ -202,7 +207,8 @@ class GatewayClient:
         self.welcome = None
         if link is not None:
             link.owner = None
-            link.transport.pauseProducing()
+            # Stop reading: the abandoned link must not hand over more frames.
+            cast(IPushProducer, link.transport).pauseProducing()
             self._abandoned.append(link)
         self._connect()
 
@@ -223,6 +229,8 @@ class GatewayClient:
             query["after"] = self.last_id
         url = f"{self.url}?{urlencode(query)}"
         parsed = urlparse(self.url)
+        if parsed.hostname is None:
+            raise ValueError(f"gateway URL without a host: {self.url}")
         factory = WebSocketClientFactory(url)
         factory.protocol = _ClientProtocol
         factory.owner = self  # type: ignore[attr-defined]
@@ -320,7 +328,7 @@ class GatewayClient:
 
     def _error(self, frame: dict[str, Any]) -> None:
         client_id = frame.get("id")
-        if client_id not in self._pending:
+        if not isinstance(client_id, str) or client_id not in self._pending:
             self.log.warn(
                 "Gateway error: {code} {message}",
                 code=frame.get("code"),

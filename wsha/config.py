@@ -17,28 +17,46 @@ def generate_node_id() -> str:
     return f"{host}-{uuid.uuid4().hex[:8]}"
 
 
+def setting(default: Any, help: str) -> Any:
+    """A configuration field with its one-line help for ``twistd wsha --help``."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class NodeConfig:
-    """A gateway node's configuration; see ``twistd wsha --help`` for each field."""
+    """A gateway node's configuration; ``twistd wsha --help`` lists every field."""
 
-    port: str = "tcp:8080:interface=127.0.0.1"
-    control_port: str = "tcp:8081:interface=127.0.0.1"
-    redis: str = "redis://127.0.0.1:6379/0"
-    kafka: str = "127.0.0.1:9092"
-    node_id: str = field(default_factory=generate_node_id)
-    jwt_secret: str = ""
-    jwt_algorithms: str = "HS256"
-    jwt_audience: str = ""
-    control_token: str = ""
-    max_message_bytes: int = 128 * 1024
-    max_body_bytes: int = 64 * 1024
-    inbox_max_length: int = 10_000
-    inbox_ttl: int = 7 * 24 * 3600
-    dedupe_ttl: int = 24 * 3600
-    session_ttl: int = 7 * 24 * 3600
-    redis_timeout: float = 5.0
-    ping_interval: float = 20.0
-    ping_timeout: float = 10.0
+    port: str = setting(
+        "tcp:8080:interface=127.0.0.1", "WebSocket endpoint (Twisted strports)."
+    )
+    control_port: str = setting(
+        "tcp:8081:interface=127.0.0.1", "Control API endpoint (Twisted strports)."
+    )
+    redis: str = setting(
+        "redis://127.0.0.1:6379/0", "Redis URL redis://[user:password@]host:port/db."
+    )
+    kafka: str = setting("127.0.0.1:9092", "Kafka bootstrap servers host:port[,...].")
+    node_id: str = field(
+        default_factory=generate_node_id,
+        metadata={"help": "This node's id [default: host name + random suffix]."},
+    )
+    jwt_secret: str = setting("", "Key that verifies client tokens (required).")
+    jwt_algorithms: str = setting("HS256", "Comma-separated JWT algorithms accepted.")
+    jwt_audience: str = setting("", "Required 'aud' claim of client tokens, if any.")
+    control_token: str = setting("", "Bearer token the control API's commands need.")
+    max_message_bytes: int = setting(
+        128 * 1024, "Largest WebSocket message; larger closes with 1009."
+    )
+    max_body_bytes: int = setting(64 * 1024, "Largest 'send' body, as JSON bytes.")
+    inbox_max_length: int = setting(10_000, "Messages kept per inbox (approximate).")
+    inbox_ttl: int = setting(7 * 24 * 3600, "Seconds an inbox lives after a message.")
+    dedupe_ttl: int = setting(24 * 3600, "Seconds a client message id is remembered.")
+    session_ttl: int = setting(
+        7 * 24 * 3600, "Seconds an idle session's cursor is kept."
+    )
+    redis_timeout: float = setting(5.0, "Seconds to wait for Redis to connect/answer.")
+    ping_interval: float = setting(20.0, "Seconds between WebSocket pings (0: none).")
+    ping_timeout: float = setting(10.0, "Seconds to wait for a pong before dropping.")
 
     def check(self) -> None:
         """Raise ValueError naming the first setting that cannot work."""
@@ -78,10 +96,10 @@ class NodeConfig:
         values: dict[str, Any] = {}
         path = environ.get("WSHA_CONFIG_FILE")
         if path:
-            with open(path, encoding="utf-8") as f:
-                values.update(json.load(f))
-        for f in fields(cls):
-            name = f"WSHA_{f.name.upper()}"
+            with open(path, encoding="utf-8") as config_file:
+                values.update(json.load(config_file))
+        for setting in fields(cls):
+            name = f"WSHA_{setting.name.upper()}"
             if name in environ:
-                values[f.name] = environ[name]
+                values[setting.name] = environ[name]
         return cls.from_mapping(values)

@@ -118,7 +118,7 @@ class Readiness(resource.Resource):
 
 
 class SendCommand(Guarded):
-    """``POST /v1/send``: store a message for a user, as the server or a named sender."""
+    """``POST /v1/send``: store a message for a user, from the server or a sender."""
 
     isLeaf = True
 

@@ -48,7 +48,9 @@ class Receipts:
     def report(self, sent: int, client: GatewayClient) -> dict[str, Any]:
         """Count delivered, lost, duplicated and out-of-order messages."""
         unique = set(self.seqs)
-        reordered = sum(1 for a, b in zip(self.seqs, self.seqs[1:]) if b < a)
+        reordered = sum(
+            1 for a, b in zip(self.seqs, self.seqs[1:], strict=False) if b < a
+        )
         replay_ms = None
         if self.first_after_switch is not None and self.welcomed_again is not None:
             replay_ms = (self.first_after_switch - self.welcomed_again) * 1000
@@ -95,7 +97,7 @@ def exchange(
     count: int,
     rate: float,
 ) -> Any:
-    """Send ``count`` numbered messages while the recipient switches network half-way."""
+    """Send ``count`` numbered messages; the recipient switches network half-way."""
     run = secrets.token_hex(4)
     acks = []
     for seq in range(count):
@@ -118,16 +120,15 @@ def print_report(title: str, report: dict[str, Any]) -> None:
     """Print one direction's figures."""
     print(f"\n{title}")
     for key, value in report.items():
-        if isinstance(value, float):
-            value = f"{value:.1f}"
-        print(f"  {key:34} {value}")
+        shown = f"{value:.1f}" if isinstance(value, float) else value
+        print(f"  {key:34} {shown}")
 
 
 @defer.inlineCallbacks
 def run_demo(
     reactor: Any, nodes: list[LocalNode], secret: str, count: int, rate: float
 ) -> Any:
-    """Run both directions; fire with True if nothing was lost, duplicated or reordered."""
+    """Run both directions; fire True if nothing was lost, duplicated or reordered."""
     suffix = secrets.token_hex(3)
     user_a, user_b = f"alice-{suffix}", f"bob-{suffix}"
     node1, node2 = nodes

@@ -8,7 +8,7 @@ keeps the table of this node's live sessions.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -24,12 +24,11 @@ NEWER_CLAIM_MEMORY = 30.0
 """Seconds a takeover notice for a session not (yet) live here is remembered."""
 
 
-class NoticeSender:
+class NoticeSender(Protocol):
     """What the gateway needs from the Kafka bus: queue a notice for a node."""
 
     def send(self, node_id: str, notice: bytes, key: bytes | None = None) -> None:
         """Queue ``notice`` for ``node_id``'s topic."""
-        raise NotImplementedError
 
 
 class Gateway:
@@ -94,7 +93,7 @@ class Gateway:
         return claim
 
     def release(self, client: ClientSession) -> Deferred[Any]:
-        """Drop ``client`` from the local table and release its claim if it still owns it."""
+        """Drop ``client`` from the local table; release its claim if still its own."""
         sessions = self.local.get(client.user)
         if sessions is not None and sessions.get(client.session) is client:
             del sessions[client.session]
@@ -129,7 +128,7 @@ class Gateway:
 
     @inlineCallbacks
     def submit(self, sender: str, to: str, client_id: str, body_json: str) -> Any:
-        """Store a message in ``to``'s inbox, then notify; fires an :class:`AppendResult`."""
+        """Store a message in the inbox of ``to``, then notify; fires AppendResult."""
         ts = int(self.clock.seconds() * 1000)
         result: AppendResult = yield self.inbox.append(
             to, sender, client_id, body_json, ts

@@ -69,7 +69,7 @@ class InboxStore:
     def append(
         self, user: str, sender: str, client_id: str, body_json: str, ts: int
     ) -> Any:
-        """Store a message once per (sender, client id); fires an :class:`AppendResult`."""
+        """Store a message once per (sender, client id); fires :class:`AppendResult`."""
         limits = self.limits
         reply = yield self._redis.eval(
             self._append_script,
@@ -89,7 +89,7 @@ class InboxStore:
 
     @inlineCallbacks
     def read_after(self, user: str, after: str, count: int) -> Any:
-        """Fire with up to ``count`` entries strictly after inbox id ``after``, in order."""
+        """Fire with up to ``count`` entries strictly after inbox id ``after``."""
         reply = yield self._redis.execute_command(
             "XRANGE", keys.inbox(user), "(" + after, "+", "COUNT", count
         )
@@ -99,7 +99,7 @@ class InboxStore:
 def parse_entry(raw: list[Any]) -> InboxEntry:
     """Turn one raw XRANGE reply item into an :class:`InboxEntry`."""
     entry_id, flat = raw
-    fields = dict(zip(flat[::2], flat[1::2]))
+    fields = dict(zip(flat[::2], flat[1::2], strict=True))
     return InboxEntry(
         id=str(entry_id),
         sender=str(fields.get("f", "")),

@@ -119,7 +119,7 @@ class LocalNode:
         )
 
     def stop(self, timeout: float = 30.0) -> int | None:
-        """Stop gracefully (SIGTERM), killing after ``timeout``; return the exit code."""
+        """Stop with SIGTERM, killing after ``timeout``; return the exit code."""
         if self.process is None:
             return None
         if self.process.poll() is None:

@@ -58,7 +58,7 @@ class SessionRegistry:
 
     @inlineCallbacks
     def claim(self, user: str, session: str, node: str, after: str | None) -> Any:
-        """Make ``node`` the owner of the session with a new epoch; fires a :class:`Claim`."""
+        """Make ``node`` the session's owner with a new epoch; fires :class:`Claim`."""
         reply = yield self._redis.eval(
             self._claim_script,
             [
@@ -127,4 +127,4 @@ def _as_dict(reply: Any) -> dict[str, str]:
     if isinstance(reply, dict):
         return {str(k): str(v) for k, v in reply.items()}
     flat = list(reply or ())
-    return {str(k): str(v) for k, v in zip(flat[::2], flat[1::2])}
+    return {str(k): str(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}

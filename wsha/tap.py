@@ -8,7 +8,8 @@ option wins.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import MISSING, fields
+from typing import Any, ClassVar
 
 from twisted.python import usage
 
@@ -20,6 +21,27 @@ def _defaults() -> NodeConfig:
     return NodeConfig.from_environment()
 
 
+def option_table() -> list[list[Any]]:
+    """twistd options built from :class:`NodeConfig`'s fields, one per field.
+
+    Each option's default is None so that an option not given leaves the
+    environment's value in place; the built-in default is shown in the help.
+    """
+    table: list[list[Any]] = []
+    for setting in fields(NodeConfig):
+        help_text = setting.metadata["help"]
+        if setting.default is not MISSING:
+            shown = setting.default if setting.default != "" else "none"
+            help_text = f"{help_text} [default: {shown}]"
+        short = "p" if setting.name == "port" else None
+        coerce = {"int": int, "float": float}.get(str(setting.type))
+        row: list[Any] = [setting.name.replace("_", "-"), short, None, help_text]
+        if coerce is not None:
+            row.append(coerce)
+        table.append(row)
+    return table
+
+
 class Options(usage.Options):
     """Command-line options of a gateway node."""
 
@@ -27,84 +49,12 @@ class Options(usage.Options):
     longdesc = (
         "Runs one node of the wsha WebSocket gateway. Clients connect to "
         "ws://<port>/ws; operators use the control port. Options can also be set "
-        "as WSHA_<NAME> environment variables (dashes become underscores)."
+        "as WSHA_<NAME> environment variables (dashes become underscores, "
+        "WSHA_JWT_SECRET) or in a JSON file named by WSHA_CONFIG_FILE; the command "
+        "line wins over the environment, which wins over the file."
     )
 
-    optParameters = [
-        ["port", "p", None, "WebSocket endpoint (Twisted strports), e.g. tcp:8080."],
-        [
-            "control-port",
-            None,
-            None,
-            "Control API endpoint, e.g. tcp:8081:interface=127.0.0.1.",
-        ],
-        ["redis", None, None, "Redis URL redis://[user:password@]host:port/db."],
-        ["kafka", None, None, "Kafka bootstrap servers host:port[,host:port]."],
-        [
-            "node-id",
-            None,
-            None,
-            "This node's id (default: host name plus a random suffix).",
-        ],
-        [
-            "jwt-secret",
-            None,
-            None,
-            "Key that verifies client tokens (HS256 secret or PEM key).",
-        ],
-        [
-            "jwt-algorithms",
-            None,
-            None,
-            "Comma-separated JWT algorithms accepted (default HS256).",
-        ],
-        ["jwt-audience", None, None, "Required 'aud' claim of client tokens, if any."],
-        [
-            "control-token",
-            None,
-            None,
-            "Bearer token the control API's commands require.",
-        ],
-        [
-            "max-message-bytes",
-            None,
-            None,
-            "Largest WebSocket message; larger closes with 1009.",
-            int,
-        ],
-        ["max-body-bytes", None, None, "Largest 'send' body, as JSON.", int],
-        ["inbox-max-length", None, None, "Messages kept per inbox (approximate).", int],
-        [
-            "inbox-ttl",
-            None,
-            None,
-            "Seconds an inbox lives after its last message.",
-            int,
-        ],
-        ["dedupe-ttl", None, None, "Seconds a client message id is remembered.", int],
-        ["session-ttl", None, None, "Seconds an idle session's cursor is kept.", int],
-        [
-            "redis-timeout",
-            None,
-            None,
-            "Seconds to wait for Redis to connect or answer.",
-            float,
-        ],
-        [
-            "ping-interval",
-            None,
-            None,
-            "Seconds between WebSocket pings (0: none).",
-            float,
-        ],
-        [
-            "ping-timeout",
-            None,
-            None,
-            "Seconds to wait for a pong before dropping.",
-            float,
-        ],
-    ]
+    optParameters: ClassVar[list[list[Any]]] = option_table()
 
     def postOptions(self) -> None:
         """Merge the environment with the command line and check the result."""

@@ -52,7 +52,7 @@ class FrameError(Exception):
 
 @dataclass(frozen=True)
 class Send:
-    """A client's ``send``: deliver ``body`` to user ``to``; ``id`` makes it idempotent."""
+    """A client's ``send``: deliver ``body`` to user ``to``; ``id`` dedupes retries."""
 
     to: str
     id: str

@@ -33,7 +33,11 @@ def open_session(cluster: Cluster, user: str) -> Any:
     [
         (lambda c: None, "token missing"),
         (
-            lambda c: jwt.encode({"sub": "eve"}, "not-the-secret", algorithm="HS256"),
+            lambda c: jwt.encode(
+                {"sub": "eve"},
+                "not-the-secret-but-as-long-as-one-32",
+                algorithm="HS256",
+            ),
             "invalid",
         ),
         (
@@ -70,7 +74,7 @@ def test_bad_tokens_close_with_4401(
 
 @pytest_twisted.inlineCallbacks
 def test_bearer_header_is_accepted(cluster: Cluster) -> Any:
-    """The token may come in an ``Authorization: Bearer`` header instead of the query."""
+    """The token may come in an ``Authorization: Bearer`` header, not the query."""
     (user,) = users("hdr")
     peer = yield connect_raw(
         ws(cluster, "session=s1"),

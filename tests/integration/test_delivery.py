@@ -127,7 +127,8 @@ def test_retried_send_with_same_id_is_stored_once(cluster: Cluster) -> Any:
 
 @pytest_twisted.inlineCallbacks
 def test_every_session_of_a_user_gets_each_message(cluster: Cluster) -> Any:
-    """A user with a phone on node 1 and a laptop on node 2 gets every message on both."""
+    """A user with a phone on node 1 and a laptop on node 2 gets every message
+    on both."""
     alice, bob = users("alice", "bob")
     phone: list[Any] = []
     laptop: list[Any] = []

@@ -49,7 +49,7 @@ def test_twistd_help_documents_every_option() -> None:
 
 def test_missing_jwt_secret_is_a_usage_error() -> None:
     """A node without a JWT key refuses to start, naming the missing setting."""
-    result = subprocess.run(
+    result = subprocess.run(  # noqa: PLW1510 (the exit status is asserted)
         [
             sys.executable,
             "-c",

@@ -88,7 +88,7 @@ def test_network_switch_mid_stream_loses_and_duplicates_nothing(
         assert seqs(got) == list(range(400))
         assert b.stats.duplicates_dropped == 0
         assert b.welcome is not None and b.welcome["node"] == cluster.nodes[0].node_id
-        status, info = yield http_json(
+        _, info = yield http_json(
             "GET", f"{cluster.nodes[1].control_url}/v1/users/{bob}"
         )
         (phone,) = info["sessions"]

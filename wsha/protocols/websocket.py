@@ -35,7 +35,7 @@ def bearer_token(request: ConnectionRequest) -> str | None:
     token = _first(request.params, "token")
     if token:
         return token
-    header = request.headers.get("authorization", "")
+    header = str(request.headers.get("authorization", ""))
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
@@ -136,7 +136,7 @@ class GatewayServerFactory(WebSocketServerFactory):
     :param ping_timeout: seconds to wait for a pong before dropping the link.
     """
 
-    protocol = GatewayServerProtocol
+    protocol = GatewayServerProtocol  # type: ignore[assignment]
 
     def __init__(
         self,

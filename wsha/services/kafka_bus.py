@@ -12,9 +12,10 @@ from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from twisted.application import service
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -102,8 +103,7 @@ class NodeBus(service.Service):
         """Stop polling, flush what is queued and close the clients, then the pool."""
         service.Service.stopService(self)
         self._running = False
-        for loop in self._loops:
-            yield loop
+        yield gatherResults(self._loops, consumeErrors=True)
         if self._producer is not None:
             left = yield self._in_thread(self._producer.flush, 5.0)
             if left:
@@ -171,7 +171,9 @@ class NodeBus(service.Service):
         for message in messages:
             error = message.error()
             if error is None:
-                payloads.append(message.value())
+                value = message.value()
+                if value is not None:
+                    payloads.append(value)
             elif error.code() != KafkaError._PARTITION_EOF:
                 self.log.warn("Kafka consumer error: {error}", error=str(error))
         return payloads
@@ -183,6 +185,8 @@ class NodeBus(service.Service):
                 payloads = yield self._in_thread(self.thd_poll)
             except Exception:
                 self.log.failure("Polling {topic} failed", topic=self.topic)
+                # A consumer that fails at once would otherwise spin a core.
+                yield deferLater(self._reactor, 1.0, lambda: None)
                 continue
             for payload in payloads:
                 try:

@@ -7,19 +7,22 @@ from typing import Any
 from twisted.application import service
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 
 
 class ListenerService(service.Service):
     """Listens on an endpoint (``tcp:8080``, ``ssl:8443:...``) while running.
+
+    Unlike Twisted's ``StreamServerEndpointService``, ``startService`` returns
+    a Deferred that fires once listening, which the node's ordered start and
+    its readiness need, and the bound port is public.
 
     :param reactor: the reactor to listen with.
     :param description: a Twisted server endpoint string.
     :param factory: the protocol factory to serve.
     """
 
-    def __init__(self, reactor: Any, description: str, factory: Factory):
+    def __init__(self, reactor: Any, description: str, factory: IProtocolFactory):
         self._reactor = reactor
         self.description = description
         self.factory = factory

@@ -25,7 +25,7 @@ class OrderedMultiService(service.MultiService):
 
     @inlineCallbacks
     def stopService(self) -> Any:
-        """Stop the children in reverse order, each after the later ones have stopped."""
+        """Stop the children in reverse order, each once the later ones have stopped."""
         service.Service.stopService(self)
         for child in reversed(list(self)):
             if child.running:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -87,9 +88,11 @@ class RedisService(service.Service):
         if self.connection is not None:
             yield self.connection.disconnect()
 
-    def eval(self, script: str, keys: list[str] = [], args: list[Any] = []) -> Any:
+    def eval(
+        self, script: str, keys: Sequence[str] = (), args: Sequence[Any] = ()
+    ) -> Any:
         """Run a Lua script on the current connection (see :class:`RedisCommands`)."""
-        return self._current().eval(script, keys, args)
+        return self._current().eval(script, list(keys), list(args))
 
     def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         """Run a command on the current connection (see :class:`RedisCommands`)."""
