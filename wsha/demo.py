@@ -28,6 +28,9 @@ from wsha.auth import mint_token
 from wsha.client import GatewayClient
 from wsha.localcluster import LocalNode
 
+# The address a device "on its new network" connects from (loopback alias).
+NEW_SOURCE = "127.0.0.2"
+
 
 @dataclass
 class Receipts:
@@ -104,7 +107,7 @@ def exchange(
         if seq == count // 2:
             receipts.switch_started = time.monotonic()
             recipient.url = new_url
-            recipient.switch_network("127.0.0.2")
+            recipient.switch_network(NEW_SOURCE)
         acks.append(
             sender.send(to_user, {"seq": seq, "run": run}, client_id=f"{run}-{seq}")
         )
@@ -162,14 +165,16 @@ def run_demo(
     yield exchange(reactor, a, b, got_b, user_b, node1.ws_url, count, rate)
     report_b = got_b.report(count, b)
     print_report(
-        f"{user_a} -> {user_b} ({user_b} moved {node2.node_id} -> {node1.node_id})",
+        f"{user_a} -> {user_b} ({user_b} dropped its link to {node2.node_id} and "
+        f"came back on {node1.node_id} from {NEW_SOURCE})",
         report_b,
     )
 
     yield exchange(reactor, b, a, got_a, user_a, node2.ws_url, count, rate)
     report_a = got_a.report(count, a)
     print_report(
-        f"{user_b} -> {user_a} ({user_a} moved {node1.node_id} -> {node2.node_id})",
+        f"{user_b} -> {user_a} ({user_a} dropped its link to {node1.node_id} and "
+        f"came back on {node2.node_id} from {NEW_SOURCE})",
         report_a,
     )
 

@@ -77,7 +77,12 @@ def makeService(options: Options) -> Any:
 
 
 def node_from_config(config: NodeConfig) -> GatewayNode:
-    """Build a node from a :class:`NodeConfig` (the .tac files' entry point)."""
+    """Build a node from a :class:`NodeConfig` (the .tac files' entry point).
+
+    :raises ValueError: naming the first setting that cannot work.
+    """
     from twisted.internet import reactor
+
+    config.check()
 
     return GatewayNode(config, reactor)
