@@ -55,6 +55,12 @@ class NodeConfig:
         7 * 24 * 3600, "Seconds an idle session's cursor is kept."
     )
     redis_timeout: float = setting(5.0, "Seconds to wait for Redis to connect/answer.")
+    inbox_sweep_interval: float = setting(
+        30.0, "Seconds between safety pulls of every inbox (0: none)."
+    )
+    kafka_fallback_interval: float = setting(
+        1.0, "Seconds between inbox pulls while Kafka is unreachable."
+    )
     ping_interval: float = setting(20.0, "Seconds between WebSocket pings (0: none).")
     ping_timeout: float = setting(10.0, "Seconds to wait for a pong before dropping.")
 

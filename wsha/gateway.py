@@ -161,6 +161,11 @@ class Gateway:
         self._newer_claims[key] = max(self._newer_claims.get(key, 0), epoch)
         self.clock.callLater(NEWER_CLAIM_MEMORY, self._newer_claims.pop, key, None)
 
+    def poke_all(self) -> None:
+        """Make every local session pull its inbox (the sweeper's safety net)."""
+        for user in list(self.local):
+            self.poke_user(user)
+
     def poke_user(self, user: str) -> None:
         """Make every local session of ``user`` pull its inbox."""
         for client in list(self.local.get(user, {}).values()):

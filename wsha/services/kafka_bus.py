@@ -15,6 +15,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from twisted.application import service
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -23,6 +24,10 @@ from twisted.python.threadpool import ThreadPool
 from wsha.topics import node_topic
 
 NoticeHandler = Callable[[bytes], None]
+HealthListener = Callable[[bool], None]
+
+# Errors that mean the broker cannot be reached (as opposed to one bad message).
+_OUTAGE_CODES = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT})
 
 
 def producer_config(bootstrap: str) -> dict[str, Any]:
@@ -36,6 +41,21 @@ def producer_config(bootstrap: str) -> dict[str, Any]:
         "message.timeout.ms": 30_000,
         "socket.nagle.disable": True,
     }
+
+
+def within(d: Deferred[Any], seconds: float, reactor: Any) -> Deferred[Any]:
+    """``d``, failed with Twisted's TimeoutError unless it fires within ``seconds``.
+
+    ``d`` itself is left alone (a thread cannot be cancelled); only the wait ends.
+    """
+    waiter: Deferred[Any] = Deferred()
+
+    def forward(result: Any) -> None:
+        if not waiter.called:
+            waiter.callback(result)
+
+    d.addBoth(forward)
+    return waiter.addTimeout(seconds, reactor)
 
 
 def consumer_config(bootstrap: str, group: str) -> dict[str, Any]:
@@ -62,6 +82,13 @@ class NodeBus(service.Service):
     :param bootstrap: Kafka bootstrap servers, ``host:port[,host:port]``.
     :param node_id: this node's id; it reads ``wsha.node.<node_id>``.
     :param on_notice: called on the reactor thread with each raw notice.
+    :param start_wait: seconds ``startService`` waits for the broker; after that
+        the node starts without it and keeps trying in the background.
+    :param probe_interval: seconds between checks that a lost broker is back.
+
+    ``healthy`` says whether notices flow; ``on_health_change`` (set by the
+    node) hears each change, so the node can fall back to polling inboxes
+    while Kafka is away and catch up when it returns.
     """
 
     log = Logger()
@@ -73,6 +100,8 @@ class NodeBus(service.Service):
         node_id: str,
         on_notice: NoticeHandler,
         batch_size: int = 500,
+        start_wait: float = 10.0,
+        probe_interval: float = 2.0,
     ):
         self._reactor = reactor
         self._bootstrap = bootstrap
@@ -85,31 +114,121 @@ class NodeBus(service.Service):
         self._consumer: Consumer | None = None
         self._running = False
         self._loops: list[Deferred[None]] = []
+        self._start_wait = start_wait
+        self._probe_interval = probe_interval
+        self.healthy = False
+        self.on_health_change: HealthListener | None = None
 
     @inlineCallbacks
     def startService(self) -> Any:
-        """Create this node's topic, then start consuming it and serving reports."""
+        """Start the producer, then attach to this node's topic.
+
+        Waits up to ``start_wait`` for the broker; a node whose Kafka is down
+        still starts (its inboxes work) and attaches once the broker is back.
+        """
         service.Service.startService(self)
         self._pool.start()
         self._running = True
-        yield self._in_thread(self.thd_create_topic)
-        self._producer = Producer(producer_config(self._bootstrap))
-        self._consumer = yield self._in_thread(self.thd_open_consumer)
-        self._loops = [self._poll_loop(), self._report_loop()]
-        self.log.info("Reading notices from {topic}", topic=self.topic)
+        self._producer = Producer(self._with_errors(producer_config(self._bootstrap)))
+        attached = self._attach_loop()
+        self._loops = [attached, self._report_loop(), self._probe_loop()]
+        try:
+            yield within(attached, self._start_wait, self._reactor)
+        except DeferredTimeout:
+            self.log.warn(
+                "Kafka at {bootstrap} not reachable; starting without it",
+                bootstrap=self._bootstrap,
+            )
+
+    @inlineCallbacks
+    def _attach_loop(self) -> Any:
+        # Topic and consumer, retried until they work or the service stops.
+        delay = 0.5
+        while self._running and self._consumer is None:
+            try:
+                yield self._in_thread(self.thd_create_topic)
+                self._consumer = yield self._in_thread(self.thd_open_consumer)
+            except Exception as e:
+                self.log.warn(
+                    "Attaching to {topic} failed, retrying in {delay}s: {error}",
+                    topic=self.topic,
+                    delay=delay,
+                    error=str(e),
+                )
+                yield deferLater(self._reactor, delay, lambda: None)
+                delay = min(delay * 2, 10.0)
+        if self._consumer is not None:
+            self.log.info("Reading notices from {topic}", topic=self.topic)
+            self._set_healthy(True)
+            self._loops.append(self._poll_loop())
+
+    def _with_errors(self, config: dict[str, Any]) -> dict[str, Any]:
+        # librdkafka calls error_cb on the thread that polls; hop to the reactor.
+        def on_error(error: KafkaError) -> None:
+            self._reactor.callFromThread(self._kafka_error, error)
+
+        return {**config, "error_cb": on_error}
+
+    def _kafka_error(self, error: KafkaError) -> None:
+        if error.code() in _OUTAGE_CODES:
+            self._set_healthy(False, str(error))
+        else:
+            self.log.warn("Kafka error: {error}", error=str(error))
+
+    def _set_healthy(self, healthy: bool, why: str = "") -> None:
+        if healthy == self.healthy:
+            return
+        self.healthy = healthy
+        if healthy:
+            self.log.info(
+                "Kafka reachable: notices flow through {topic}", topic=self.topic
+            )
+        else:
+            self.log.warn("Kafka unreachable: {why}", why=why)
+        if self.on_health_change is not None:
+            self.on_health_change(healthy)
+
+    @inlineCallbacks
+    def _probe_loop(self) -> Any:
+        # While unhealthy after attaching, ask the broker for metadata until it answers.
+        while self._running:
+            yield deferLater(self._reactor, self._probe_interval, lambda: None)
+            if self.healthy or self._consumer is None or not self._running:
+                continue
+            try:
+                yield self._in_thread(self.thd_probe)
+            except Exception as e:
+                self.log.debug("Kafka still unreachable: {error}", error=str(e))
+                continue
+            self._set_healthy(True)
+
+    def thd_probe(self) -> None:
+        """Fetch this node's topic metadata; raises if the broker does not answer."""
+        assert self._producer is not None
+        metadata = self._producer.list_topics(self.topic, timeout=self._probe_interval)
+        if not metadata.brokers:
+            raise ConnectionError("no broker in the metadata")
 
     @inlineCallbacks
     def stopService(self) -> Any:
         """Stop polling, flush what is queued and close the clients, then the pool."""
         service.Service.stopService(self)
         self._running = False
-        yield gatherResults(self._loops, consumeErrors=True)
-        if self._producer is not None:
-            left = yield self._in_thread(self._producer.flush, 5.0)
-            if left:
-                self.log.warn("{count} notices unsent at shutdown", count=left)
-        if self._consumer is not None:
-            yield self._in_thread(self._consumer.close)
+        try:
+            yield within(
+                gatherResults(self._loops, consumeErrors=True), 15.0, self._reactor
+            )
+            if self._producer is not None:
+                left = yield self._in_thread(self._producer.flush, 5.0)
+                if left:
+                    self.log.warn("{count} notices unsent at shutdown", count=left)
+            if self._consumer is not None:
+                yield within(self._in_thread(self._consumer.close), 10.0, self._reactor)
+        except DeferredTimeout:
+            # Joining a thread stuck in librdkafka would freeze the reactor, so
+            # the pool is left to die with the process.
+            self.log.warn("Kafka clients did not close in time; leaving them")
+            return
         self._pool.stop()
 
     def send(self, node_id: str, notice: bytes, key: bytes | None = None) -> None:
@@ -155,7 +274,9 @@ class NodeBus(service.Service):
         this call returns is seen, with no lazy offset reset racing it.
         """
         consumer = Consumer(
-            consumer_config(self._bootstrap, f"wsha-node-{self.node_id}")
+            self._with_errors(
+                consumer_config(self._bootstrap, f"wsha-node-{self.node_id}")
+            )
         )
         _, high = consumer.get_watermark_offsets(
             TopicPartition(self.topic, 0), timeout=10
@@ -174,6 +295,7 @@ class NodeBus(service.Service):
                 value = message.value()
                 if value is not None:
                     payloads.append(value)
+                    self._reactor.callFromThread(self._set_healthy, True)
             elif error.code() != KafkaError._PARTITION_EOF:
                 self.log.warn("Kafka consumer error: {error}", error=str(error))
         return payloads

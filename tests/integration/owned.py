@@ -1,0 +1,54 @@
+"""Service instances a test owns: started on free ports, stopped and restarted
+at will, never the shared ones other tests use."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wsha.localcluster import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+# The script for each service and the variable that moves its port.
+_SCRIPTS = {"redis": "WSHA_REDIS_PORT", "kafka-broker": "WSHA_KAFKA_PORT"}
+
+
+@dataclass
+class OwnedService:
+    """One Redis or Kafka broker run by ``scripts/<name>`` on its own port.
+
+    The methods block (they wait for the script); call them from fixtures or
+    through ``deferToThread`` inside a running test.
+    """
+
+    name: str
+    port: int = field(default_factory=free_port)
+    # Kafka's KRaft controller listens on a second port, kept across restarts.
+    controller_port: int = field(default_factory=free_port)
+
+    def _run(self, action: str) -> int:
+        env = dict(os.environ, **{_SCRIPTS[self.name]: str(self.port)})
+        if self.name == "kafka-broker":
+            env["WSHA_KAFKA_CONTROLLER_PORT"] = str(self.controller_port)
+        script = str(REPO / "scripts" / self.name)
+        return subprocess.run(
+            [script, action], cwd=REPO, env=env, check=False, capture_output=True
+        ).returncode
+
+    def start(self) -> None:
+        """Start it and wait until it serves; raise if it does not."""
+        if self._run("start") != 0:
+            raise RuntimeError(f"scripts/{self.name} start failed on {self.port}")
+
+    def stop(self) -> None:
+        """Stop it (a clean shutdown by the script)."""
+        if self._run("stop") != 0:
+            raise RuntimeError(f"scripts/{self.name} stop failed on {self.port}")
+
+    @property
+    def address(self) -> str:
+        """``127.0.0.1:<port>``."""
+        return f"127.0.0.1:{self.port}"

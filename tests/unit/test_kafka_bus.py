@@ -1,0 +1,73 @@
+"""NodeBus's view of Kafka's health, and the bounded waits around its threads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from confluent_kafka import KafkaError
+from twisted.internet.defer import Deferred
+from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from wsha.services.kafka_bus import NodeBus, within
+
+
+class HealthTests(SynchronousTestCase):
+    """Outage errors flip the bus unhealthy once; other errors only get logged."""
+
+    def setUp(self) -> None:
+        self.bus = NodeBus(Clock(), "127.0.0.1:1", "n1", lambda raw: None)
+        self.changes: list[bool] = []
+        self.bus.on_health_change = self.changes.append
+
+    def test_all_brokers_down_makes_the_bus_unhealthy_once(self) -> None:
+        """Repeated outage errors report one change, not one per error."""
+        self.bus._set_healthy(True)
+        for _ in range(3):
+            self.bus._kafka_error(KafkaError(KafkaError._ALL_BROKERS_DOWN))
+        self.assertEqual(self.changes, [True, False])
+        self.assertFalse(self.bus.healthy)
+
+    def test_transport_error_counts_as_an_outage(self) -> None:
+        """A broken connection to the broker is an outage too."""
+        self.bus._set_healthy(True)
+        self.bus._kafka_error(KafkaError(KafkaError._TRANSPORT))
+        self.assertEqual(self.changes, [True, False])
+
+    def test_other_errors_leave_health_alone(self) -> None:
+        """A message-level error does not switch the node to polling."""
+        self.bus._set_healthy(True)
+        self.bus._kafka_error(KafkaError(KafkaError._MSG_TIMED_OUT))
+        self.assertEqual(self.changes, [True])
+        self.assertTrue(self.bus.healthy)
+
+    def test_a_bus_starts_unhealthy(self) -> None:
+        """Until it has attached to its topic, the bus does not claim health."""
+        self.assertFalse(self.bus.healthy)
+
+    def test_send_before_start_is_dropped_not_raised(self) -> None:
+        """A notice before the producer exists is dropped (the inbox has it)."""
+        self.bus.send("n2", b"{}")
+
+
+class WithinTests(SynchronousTestCase):
+    """``within`` bounds a wait without cancelling the work behind it."""
+
+    def test_result_in_time_passes_through(self) -> None:
+        """A result before the deadline is the waiter's result."""
+        clock = Clock()
+        work: Deferred[Any] = Deferred()
+        waiter = within(work, 5.0, clock)
+        work.callback("done")
+        self.assertEqual(self.successResultOf(waiter), "done")
+
+    def test_late_result_times_out_and_leaves_the_work_alone(self) -> None:
+        """After the deadline the waiter fails; the work may still finish later."""
+        clock = Clock()
+        work: Deferred[Any] = Deferred()
+        waiter = within(work, 5.0, clock)
+        clock.advance(5.0)
+        self.failureResultOf(waiter, DeferredTimeout)
+        work.callback("late")
+        self.assertEqual(clock.getDelayedCalls(), [])
