@@ -22,6 +22,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, ITCPTransport
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from wsha import wire
 
@@ -35,6 +36,15 @@ NOW_CODES = {wire.CLOSE_RESTARTING}
 def _tcp(link: WebSocketClientProtocol) -> ITCPTransport:
     """The link's TCP transport (the client only ever connects over TCP)."""
     return cast(ITCPTransport, link.transport)
+
+
+def _also_fire(result: Any, other: Deferred[Any]) -> Any:
+    """Pass ``result`` on to ``other`` too, and keep it for the next callback."""
+    if isinstance(result, Failure):
+        other.errback(result)
+        return result
+    other.callback(result)
+    return result
 
 
 class SendRejected(Exception):
@@ -102,6 +112,15 @@ class GatewayClient:
     :param on_message: called with each new ``message`` frame, in inbox order.
     :param bind_address: the local address to connect from, if not the default.
     :param after: the last inbox id this device saw in an earlier life.
+    :param max_pending: the most unacknowledged sends kept; past it ``send``
+        fails at once with ``queue_full`` instead of buffering without bound.
+
+    Hooks the application may set: ``on_welcome(frame)`` after each (re)connect;
+    ``on_resync(frame)`` when a resume could not be honoured because messages
+    after ``after`` were trimmed from the inbox or expired (the application
+    should reload its state from its own source); ``on_stopped(code, reason)``
+    when a close code says not to reconnect (4001 taken over, 1008 policy).
+    A network change is signalled with :meth:`switch_network`.
     """
 
     log = Logger()
@@ -119,6 +138,7 @@ class GatewayClient:
         ping_interval: float = 10.0,
         ping_timeout: float = 5.0,
         rng: random.Random | None = None,
+        max_pending: int = 10_000,
     ):
         self._reactor = reactor
         self.url = url
@@ -133,7 +153,9 @@ class GatewayClient:
         self.backoff = Backoff()
         self.stats = ClientStats()
         self.welcome: dict[str, Any] | None = None
+        self.max_pending = max_pending
         self.on_welcome: Callable[[dict[str, Any]], None] | None = None
+        self.on_resync: Callable[[dict[str, Any]], None] | None = None
         self.on_stopped: Callable[[int | None, str | None], None] | None = None
 
         self._link: _ClientProtocol | None = None
@@ -182,6 +204,14 @@ class GatewayClient:
             "body": body,
         }
         d: Deferred[dict[str, Any]] = Deferred()
+        queued = self._pending.get(frame["id"])
+        if queued is not None:
+            # Already on its way under this id: answer both callers together.
+            queued[1].addBoth(_also_fire, d)
+            return d
+        if len(self._pending) >= self.max_pending:
+            d.errback(SendRejected("queue_full", "too many unacknowledged sends"))
+            return d
         self._pending[frame["id"]] = (frame, d)
         if self.welcome is not None and self._link is not None:
             self._write(self._link, frame)
@@ -307,6 +337,8 @@ class GatewayClient:
             self._write(link, frame_to_send)
         if self.on_welcome is not None:
             self.on_welcome(frame)
+        if frame.get("truncated") and self.on_resync is not None:
+            self.on_resync(frame)
         waiters, self._connected_waiters = self._connected_waiters, []
         for d in waiters:
             d.callback(frame)

@@ -269,3 +269,52 @@ class GatewayClientTests(SynchronousTestCase):
         self.assertEqual(link.closes, [wire.CLOSE_NORMAL])
         self.assertEqual(len(self.reactor.tcpClients), 1)
         self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+
+class ResyncAndQueueTests(GatewayClientTests):
+    """The application hears when a resume failed, and the send queue is bounded."""
+
+    def test_truncated_welcome_signals_a_resync(self) -> None:
+        """A welcome saying messages were trimmed calls ``on_resync`` with it."""
+        seen: list[dict[str, Any]] = []
+        self.client.on_resync = seen.append
+        link = self.open()
+        self.client._frame(link, {"type": "welcome", "epoch": 1, "truncated": True})
+        self.assertEqual(len(seen), 1)
+        self.assertTrue(seen[0]["truncated"])
+
+    def test_honoured_resume_does_not_signal_a_resync(self) -> None:
+        """An ordinary welcome leaves ``on_resync`` alone."""
+        seen: list[dict[str, Any]] = []
+        self.client.on_resync = seen.append
+        link = self.open()
+        self.client._frame(link, {"type": "welcome", "epoch": 1, "truncated": False})
+        self.assertEqual(seen, [])
+
+    def test_send_past_the_queue_limit_fails_at_once(self) -> None:
+        """Past ``max_pending`` unacknowledged sends, a new send fails with
+        queue_full and the queued ones are kept."""
+        self.client.max_pending = 2
+        self.open()
+        first = self.client.send("bob", 1, client_id="a")
+        self.client.send("bob", 2, client_id="b")
+        third = self.client.send("bob", 3, client_id="c")
+        self.assertEqual(
+            self.failureResultOf(third, SendRejected).value.code, "queue_full"
+        )
+        self.assertNoResult(first)
+        self.assertEqual(self.client.unacknowledged, 2)
+
+    def test_resending_a_queued_id_shares_its_answer(self) -> None:
+        """A second send of an id already queued is not refused at the limit,
+        is not queued twice, and both callers get the one ack."""
+        self.client.max_pending = 1
+        link = self.open()
+        self.welcome(link)
+        first = self.client.send("bob", 1, client_id="a")
+        again = self.client.send("bob", 1, client_id="a")
+        self.assertNoResult(again)
+        self.assertEqual(self.client.unacknowledged, 1)
+        self.client._frame(link, {"type": "ack", "id": "a", "inbox": "5-0"})
+        self.assertEqual(self.successResultOf(first)["inbox"], "5-0")
+        self.assertEqual(self.successResultOf(again)["inbox"], "5-0")
