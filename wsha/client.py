@@ -119,7 +119,8 @@ class GatewayClient:
     ``on_resync(frame)`` when a resume could not be honoured because messages
     after ``after`` were trimmed from the inbox or expired (the application
     should reload its state from its own source); ``on_stopped(code, reason)``
-    when a close code says not to reconnect (4001 taken over, 1008 policy).
+    when a close code says not to reconnect (4001 taken over, 1008 policy);
+    ``on_disconnected(code, reason)`` whenever the current link is lost.
     A network change is signalled with :meth:`switch_network`.
     """
 
@@ -156,6 +157,7 @@ class GatewayClient:
         self.max_pending = max_pending
         self.on_welcome: Callable[[dict[str, Any]], None] | None = None
         self.on_resync: Callable[[dict[str, Any]], None] | None = None
+        self.on_disconnected: Callable[[int | None, str | None], None] | None = None
         self.on_stopped: Callable[[int | None, str | None], None] | None = None
 
         self._link: _ClientProtocol | None = None
@@ -304,6 +306,8 @@ class GatewayClient:
         self.welcome = None
         if not self._running:
             return
+        if self.on_disconnected is not None:
+            self.on_disconnected(code, reason)
         if code in STOP_CODES:
             self._running = False
             if self.on_stopped is not None:
