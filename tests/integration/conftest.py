@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.lb import LocalHAProxy, running_haproxy
 from wsha.auth import mint_token
 from wsha.localcluster import LocalNode
 
@@ -101,3 +102,10 @@ def cluster(services: Services) -> Iterator[Cluster]:
     yield running
     for node in running.nodes:
         node.stop()
+
+
+@pytest.fixture
+def haproxy() -> Iterator[LocalHAProxy]:
+    """A real HAProxy on free ports with every slot free; stopped after the test."""
+    with running_haproxy() as balancer:
+        yield balancer
