@@ -39,3 +39,45 @@ def sessions(user: str) -> str:
 def online(user: str) -> str:
     """A hash of the user's online sessions: session id to owning node id."""
     return f"{_user_tag(user)}:online"
+
+
+def _node_tag(node: str) -> str:
+    return f"{PREFIX}:{{n:{node}}}"
+
+
+def node(node_id: str) -> str:
+    """The node's registration (JSON), expiring unless its heartbeat renews it."""
+    return f"{_node_tag(node_id)}:node"
+
+
+def node_sessions(node_id: str) -> str:
+    """The set of sessions the node claimed, as ``[user, session, epoch]`` JSON."""
+    return f"{_node_tag(node_id)}:sessions"
+
+
+def node_orphans(node_id: str) -> str:
+    """A dead node's session index, set aside while it is being cleaned up."""
+    return f"{_node_tag(node_id)}:orphans"
+
+
+def node_cleanup_lock(node_id: str) -> str:
+    """The lock one reaper holds while it cleans up the node (a token, with a lease)."""
+    return f"{_node_tag(node_id)}:lock"
+
+
+def node_cleanup(node_id: str) -> str:
+    """A hash recording the cleanup of a dead node: state, by whom, runs, sessions."""
+    return f"{_node_tag(node_id)}:cleanup"
+
+
+_NODES_TAG = f"{PREFIX}:{{nodes}}"
+
+
+def known_nodes() -> str:
+    """The set of node ids that registered and were not cleaned up yet."""
+    return f"{_NODES_TAG}:known"
+
+
+def retired_topics() -> str:
+    """A sorted set of node ids whose Kafka topic is due for deletion, by due time."""
+    return f"{_NODES_TAG}:retired"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
+from twisted.logger import Logger
 
 from wsha import keys
 from wsha.inbox import RedisCommands
@@ -37,24 +39,56 @@ class SessionInfo:
     seen: int
 
 
+def index_entry(user: str, session: str, epoch: str) -> str:
+    """The entry naming one claim in its node's session index."""
+    return json.dumps([user, session, int(epoch)], separators=(",", ":"))
+
+
+def parse_index_entry(entry: str) -> tuple[str, str, str]:
+    """The (user, session, epoch) of an index entry; raises ValueError if malformed."""
+    try:
+        user, session, epoch = json.loads(entry)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"not a session index entry: {entry!r}") from e
+    if not (isinstance(user, str) and isinstance(session, str)):
+        raise ValueError(f"not a session index entry: {entry!r}")
+    if not isinstance(epoch, int) or isinstance(epoch, bool):
+        raise ValueError(f"not a session index entry: {entry!r}")
+    return user, session, str(epoch)
+
+
 class SessionRegistry:
     """Claims, releases and acknowledges sessions, fenced by epoch.
+
+    Each claim is also entered in its node's session index (a separate step:
+    node keys and user keys never meet in one script), so that the survivors
+    of a dead node find its sessions. The index may drift from the sessions;
+    cleanup checks every entry against the session before touching it.
 
     :param redis: a connected txredisapi connection or pool.
     :param ttl_seconds: how long an idle session's state (cursor) is kept.
     :param replay_cap: the most pending entries counted when a session is claimed.
+    :param node_id: the node whose session index releases update.
     """
+
+    log = Logger()
 
     _claim_script = load("claim")
     _release_script = load("release")
     _ack_script = load("ack")
+    _orphan_script = load("orphan")
 
     def __init__(
-        self, redis: RedisCommands, ttl_seconds: int, replay_cap: int = 10_000
+        self,
+        redis: RedisCommands,
+        ttl_seconds: int,
+        replay_cap: int = 10_000,
+        node_id: str = "",
     ):
         self._redis = redis
         self.ttl_seconds = ttl_seconds
         self.replay_cap = replay_cap
+        self.node_id = node_id
 
     @inlineCallbacks
     def claim(self, user: str, session: str, node: str, after: str | None) -> Any:
@@ -70,6 +104,19 @@ class SessionRegistry:
             [session, node, after or "", self.ttl_seconds, self.replay_cap],
         )
         epoch, prev_node, prev_online, replay_after, pending, trimmed, existed = reply
+        try:
+            yield self._redis.execute_command(
+                "SADD", keys.node_sessions(node), index_entry(user, session, epoch)
+            )
+        except Exception as e:
+            # The claim stands; only a cleanup after this node's death misses it.
+            self.log.warn(
+                "Session {user}/{session} not indexed for {node}: {error}",
+                user=user,
+                session=session,
+                node=node,
+                error=str(e),
+            )
         return Claim(
             epoch=str(epoch),
             previous_node=str(prev_node),
@@ -82,11 +129,44 @@ class SessionRegistry:
 
     @inlineCallbacks
     def release(self, user: str, session: str, epoch: str) -> Any:
-        """Mark the session offline if ``epoch`` still owns it; fires True if it did."""
-        reply = yield self._redis.eval(
+        """Mark the session offline if ``epoch`` still owns it; fires True if it did.
+
+        The claim's entry leaves this node's session index either way.
+        """
+        released = self._redis.eval(
             self._release_script,
             [keys.session(user, session), keys.online(user)],
             [session, epoch],
+        )
+        if self.node_id:
+            # A stale entry is harmless (cleanup checks it), so this is not awaited.
+            self._redis.execute_command(
+                "SREM",
+                keys.node_sessions(self.node_id),
+                index_entry(user, session, epoch),
+            ).addErrback(self._unindex_failed, user, session)
+        reply = yield released
+        return bool(int(reply))
+
+    def _unindex_failed(self, reason: Any, user: str, session: str) -> None:
+        self.log.debug(
+            "Session {user}/{session} left in the index of {node}: {error}",
+            user=user,
+            session=session,
+            node=self.node_id,
+            error=reason.getErrorMessage(),
+        )
+
+    @inlineCallbacks
+    def orphan(self, user: str, session: str, node: str, epoch: str) -> Any:
+        """Mark the session offline if dead ``node`` still owns it at ``epoch``.
+
+        Fires True if it did; a session claimed again since is left alone.
+        """
+        reply = yield self._redis.eval(
+            self._orphan_script,
+            [keys.session(user, session), keys.online(user)],
+            [session, node, epoch],
         )
         return bool(int(reply))
 
