@@ -63,6 +63,24 @@ class NodeConfig:
     )
     ping_interval: float = setting(20.0, "Seconds between WebSocket pings (0: none).")
     ping_timeout: float = setting(10.0, "Seconds to wait for a pong before dropping.")
+    public_url: str = setting(
+        "", "WebSocket URL this node registers (empty: from --port's address)."
+    )
+    control_url: str = setting(
+        "", "Control API URL this node registers (empty: from --control-port's)."
+    )
+    heartbeat_interval: float = setting(
+        2.0, "Seconds between renewals of this node's registration in Redis."
+    )
+    heartbeat_ttl: float = setting(
+        6.0, "Seconds without a heartbeat after which a node counts as dead."
+    )
+    reaper_interval: float = setting(
+        2.0, "Seconds between scans for dead nodes to clean up after."
+    )
+    dead_topic_delay: float = setting(
+        60.0, "Seconds from a dead node's cleanup to deleting its Kafka topic."
+    )
 
     def check(self) -> None:
         """Raise ValueError naming the first setting that cannot work."""
@@ -75,6 +93,13 @@ class NodeConfig:
                 raise ValueError(f"{name.replace('_', '-')} must be positive")
         if self.dedupe_ttl > self.inbox_ttl:
             raise ValueError("dedupe-ttl must not exceed inbox-ttl")
+        for name in ("heartbeat_interval", "heartbeat_ttl", "reaper_interval"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name.replace('_', '-')} must be positive")
+        if self.heartbeat_ttl < 2 * self.heartbeat_interval:
+            raise ValueError("heartbeat-ttl must be at least twice heartbeat-interval")
+        if self.dead_topic_delay < 0:
+            raise ValueError("dead-topic-delay must not be negative")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> NodeConfig:

@@ -213,12 +213,33 @@ class _UserResource(Guarded):
         return _respond_later(request, d.addCallback(found))
 
 
+class NodeList(Guarded):
+    """``GET /v1/nodes``: the registered nodes with their registrations, and the
+    nodes known to be dead.
+
+    :param listing: fires with the JSON object to answer.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self, listing: Callable[[], Deferred[dict[str, Any]]], token: str | None
+    ):
+        super().__init__(token)
+        self._listing = listing
+
+    def render_GET(self, request: IRequest) -> Any:
+        """Answer with the node registry as it is now."""
+        return _respond_later(request, self._listing().addCallback(lambda n: (200, n)))
+
+
 def control_site(
     gateway: Gateway,
     readiness: Callable[[], Deferred[tuple[bool, dict[str, Any]]]],
     token: str | None,
+    nodes: Callable[[], Deferred[dict[str, Any]]] | None = None,
 ) -> server.Site:
-    """Build the control API's site."""
+    """Build the control API's site; ``nodes`` lists the node registry."""
     root = resource.Resource()
     root.putChild(b"healthz", Health(gateway.node_id))
     root.putChild(b"readyz", Readiness(readiness))
@@ -226,6 +247,8 @@ def control_site(
     root.putChild(b"v1", v1)
     v1.putChild(b"send", SendCommand(gateway, token))
     v1.putChild(b"users", UserLookup(gateway, token))
+    if nodes is not None:
+        v1.putChild(b"nodes", NodeList(nodes, token))
     site = server.Site(root)
     site.displayTracebacks = False
     return site

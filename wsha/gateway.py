@@ -31,6 +31,21 @@ class NoticeSender(Protocol):
         """Queue ``notice`` for ``node_id``'s topic."""
 
 
+class LiveNodes(Protocol):
+    """What the gateway needs from the node registry: which nodes are alive."""
+
+    def is_live(self, node_id: str) -> bool:
+        """Say whether ``node_id`` may be sent notices (False once known dead)."""
+
+
+class EveryNodeLive:
+    """A :class:`LiveNodes` for a gateway without a node registry."""
+
+    def is_live(self, node_id: str) -> bool:
+        """Every node is taken to be alive."""
+        return True
+
+
 class Gateway:
     """Routes messages by user and session, never by address.
 
@@ -40,6 +55,8 @@ class Gateway:
     :param bus: sends notices to other nodes.
     :param clock: time source; also batches notices to the next tick.
     :param max_body_bytes: the largest message body accepted.
+    :param live_nodes: which nodes are alive; a dead node is sent no notices
+        (its sessions' messages wait in the inbox for their reconnect).
     """
 
     log = Logger()
@@ -52,8 +69,10 @@ class Gateway:
         bus: NoticeSender,
         clock: IReactorTime,
         max_body_bytes: int = 64 * 1024,
+        live_nodes: LiveNodes | None = None,
     ):
         self.node_id = node_id
+        self.live_nodes = live_nodes or EveryNodeLive()
         self.inbox = inbox
         self.registry = registry
         self.bus = bus
@@ -84,7 +103,12 @@ class Gateway:
             return claim
         self.local[client.user][client.session] = client
 
-        if claim.previously_online and claim.previous_node not in ("", self.node_id):
+        previous = claim.previous_node
+        if (
+            claim.previously_online
+            and previous not in ("", self.node_id)
+            and self.live_nodes.is_live(previous)
+        ):
             self.bus.send(
                 claim.previous_node,
                 topics.encode_takeover_notice(client.user, client.session, epoch),
@@ -134,7 +158,8 @@ class Gateway:
             to, sender, client_id, body_json, ts
         )
         for node in result.nodes:
-            self._queue_notice(node, to)
+            if self.live_nodes.is_live(node):
+                self._queue_notice(node, to)
         return result
 
     def on_notice(self, raw: bytes) -> None:
@@ -160,6 +185,12 @@ class Gateway:
         key = (user, session)
         self._newer_claims[key] = max(self._newer_claims.get(key, 0), epoch)
         self.clock.callLater(NEWER_CLAIM_MEMORY, self._newer_claims.pop, key, None)
+
+    def close_local_sessions(self, code: int, reason: str) -> None:
+        """Close every connection on this node with ``code``; they reconnect."""
+        for sessions in list(self.local.values()):
+            for client in list(sessions.values()):
+                client.link.close(code, reason)
 
     def poke_all(self) -> None:
         """Make every local session pull its inbox (the sweeper's safety net)."""

@@ -12,17 +12,21 @@ from wsha.config import NodeConfig
 from wsha.control import control_site
 from wsha.gateway import Gateway
 from wsha.inbox import InboxLimits, InboxStore
-from wsha.protocols.websocket import GatewayServerFactory
+from wsha.nodes import READY, NodeStore
+from wsha.protocols.websocket import WS_PATH, GatewayServerFactory
+from wsha.reaper import DeadNodeReaper
 from wsha.services.inbox_sweeper import InboxSweeper
 from wsha.services.kafka_bus import NodeBus
 from wsha.services.listener import ListenerService
+from wsha.services.node_registry import NodeRegistryService, RegistryTiming
 from wsha.services.ordered import OrderedMultiService
 from wsha.services.redis_service import RedisAddress, RedisService
 from wsha.sessions import SessionRegistry
+from wsha.wire import CLOSE_RESTARTING
 
 
 class GatewayNode(OrderedMultiService):
-    """One gateway node: Redis, the Kafka bus, the control API, then the listener.
+    """One gateway node: Redis, Kafka, the node registry, the control API, the listener.
 
     Each child starts once the one before it is ready, so no client is accepted
     before the node can serve it; they stop in the reverse order.
@@ -49,6 +53,31 @@ class GatewayNode(OrderedMultiService):
         self.bus.setName("kafka")
         self.bus.setServiceParent(self)
 
+        sessions = SessionRegistry(
+            self.redis, config.session_ttl, node_id=config.node_id
+        )
+        reaper = DeadNodeReaper(
+            config.node_id,
+            NodeStore(self.redis),
+            sessions,
+            self.bus,
+            reactor,
+            config.dead_topic_delay,
+        )
+        self.registry = NodeRegistryService(
+            reactor,
+            reaper.store,
+            reaper,
+            config.node_id,
+            self._describe,
+            RegistryTiming(
+                config.heartbeat_interval, config.heartbeat_ttl, config.reaper_interval
+            ),
+            self._on_reaped,
+        )
+        self.registry.setName("node-registry")
+        self.registry.setServiceParent(self)
+
         self.gateway = Gateway(
             config.node_id,
             InboxStore(
@@ -57,10 +86,11 @@ class GatewayNode(OrderedMultiService):
                     config.inbox_max_length, config.inbox_ttl, config.dedupe_ttl
                 ),
             ),
-            SessionRegistry(self.redis, config.session_ttl),
+            sessions,
             self.bus,
             reactor,
             max_body_bytes=config.max_body_bytes,
+            live_nodes=reaper.liveness,
         )
 
         self.sweeper = InboxSweeper(
@@ -73,7 +103,12 @@ class GatewayNode(OrderedMultiService):
         self.sweeper.setServiceParent(self)
         self.bus.on_health_change = self.sweeper.set_kafka_healthy
 
-        site = control_site(self.gateway, self.readiness, config.control_token or None)
+        site = control_site(
+            self.gateway,
+            self.readiness,
+            config.control_token or None,
+            nodes=self.registry.listing,
+        )
         self.control = ListenerService(reactor, config.control_port, site)
         self.control.setName("control")
         self.control.setServiceParent(self)
@@ -96,10 +131,22 @@ class GatewayNode(OrderedMultiService):
     def _on_notice(self, raw: bytes) -> None:
         self.gateway.on_notice(raw)
 
+    def _describe(self) -> tuple[str, str, int]:
+        return (
+            self.config.public_url or self.websocket.url("ws", WS_PATH),
+            self.config.control_url or self.control.url("http"),
+            self.gateway.connection_count(),
+        )
+
+    def _on_reaped(self) -> None:
+        self.gateway.close_local_sessions(CLOSE_RESTARTING, "node declared dead")
+
     @inlineCallbacks
     def startService(self) -> Any:
         """Start every child in order, then say where the node serves."""
         yield super().startService()
+        self.registry.state = READY
+        yield self.registry.beat()
         assert self.websocket.port is not None and self.control.port is not None
         self.log.info(
             "Node {node} ready: WebSocket on {websocket}, control on {control}",

@@ -99,3 +99,20 @@ def test_from_mapping_skips_none_values() -> None:
 def test_default_node_ids_are_unique() -> None:
     """Two configs built without a node id get different ones."""
     assert NodeConfig().node_id != NodeConfig().node_id
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"heartbeat_interval": 0}, "heartbeat-interval must be positive"),
+        ({"reaper_interval": -1}, "reaper-interval must be positive"),
+        ({"heartbeat_ttl": 3.9, "heartbeat_interval": 2}, "at least twice"),
+        ({"dead_topic_delay": -1}, "dead-topic-delay must not be negative"),
+    ],
+)
+def test_check_refuses_registry_timings_that_cannot_work(
+    overrides: dict[str, object], message: str
+) -> None:
+    """A heartbeat TTL under two intervals would expire a healthy node."""
+    with pytest.raises(ValueError, match=message):
+        good(**overrides).check()

@@ -199,3 +199,32 @@ class ControlTests(SynchronousTestCase):
         request._disconnected = True
         self.harness.inbox.appends[0][1].callback(appended("1-0"))
         self.assertEqual((request.finished, request.written), (0, []))
+
+    def nodes_site(self) -> list[Deferred[dict[str, Any]]]:
+        """Serve /v1/nodes from a listing the test fires; return its Deferreds."""
+        listings: list[Deferred[dict[str, Any]]] = []
+
+        def listing() -> Deferred[dict[str, Any]]:
+            listings.append(Deferred())
+            return listings[-1]
+
+        self.site = control.control_site(
+            self.harness.gateway, self.check, TOKEN, nodes=listing
+        )
+        return listings
+
+    def test_nodes_answers_with_the_listing(self) -> None:
+        """/v1/nodes answers 200 with what the registry lists, once it has it."""
+        listings = self.nodes_site()
+        listing = {"node": "gw-1", "nodes": [{"id": "gw-1"}], "dead": ["gw-9"]}
+        request = self.request(b"GET", b"/v1/nodes")
+        self.assertEqual(request.finished, 0)
+        listings[0].callback(listing)
+        self.assertEqual(self.answer(request), (200, listing))
+
+    def test_nodes_needs_the_token(self) -> None:
+        """Without the control token /v1/nodes is refused and lists nothing."""
+        listings = self.nodes_site()
+        request = self.request(b"GET", b"/v1/nodes", token=None)
+        self.assertEqual(self.answer(request)[0], 401)
+        self.assertEqual(listings, [])

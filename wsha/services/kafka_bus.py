@@ -11,7 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from twisted.application import service
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
@@ -266,6 +272,20 @@ class NodeBus(service.Service):
                     != KafkaError.TOPIC_ALREADY_EXISTS
                 ):
                     raise
+
+    def delete_topic(self, node_id: str) -> Deferred[Any]:
+        """Delete a dead node's topic in the bus's threads; fires once it is gone."""
+        return self._in_thread(self.thd_delete_topic, node_topic(node_id))
+
+    def thd_delete_topic(self, topic: str) -> None:
+        """Delete ``topic``; one that does not exist counts as deleted."""
+        admin = AdminClient({"bootstrap.servers": self._bootstrap})
+        deleted = admin.delete_topics([topic], operation_timeout=10, request_timeout=15)
+        try:
+            deleted[topic].result(timeout=20)
+        except KafkaException as e:
+            if e.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise
 
     def thd_open_consumer(self) -> Consumer:
         """Open the consumer positioned at the current end of this node's topic.

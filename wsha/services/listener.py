@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from twisted.application import service
@@ -42,3 +43,21 @@ class ListenerService(service.Service):
         if self.port is not None:
             yield self.port.stopListening()
             self.port = None
+
+    def url(self, scheme: str, path: str = "") -> str:
+        """The URL this listener serves at, or "" while it does not listen.
+
+        ``scheme`` is the plain one (``ws``, ``http``); an ``ssl:`` or ``tls:``
+        endpoint gets its secure form. A wildcard address becomes the host name.
+        """
+        if self.port is None:
+            return ""
+        address: Any = self.port.getHost()
+        host = str(getattr(address, "host", ""))
+        if host in ("", "0.0.0.0", "::"):
+            host = socket.gethostname()
+        elif ":" in host:
+            host = f"[{host}]"
+        if self.description.split(":", 1)[0] in ("ssl", "tls"):
+            scheme += "s"
+        return f"{scheme}://{host}:{address.port}{path}"
