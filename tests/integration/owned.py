@@ -48,6 +48,12 @@ class OwnedService:
         if self._run("stop") != 0:
             raise RuntimeError(f"scripts/{self.name} stop failed on {self.port}")
 
+    def pid(self) -> int:
+        """The process id from the script's pidfile (to freeze it, say)."""
+        kind = "redis" if self.name == "redis" else "kafka"
+        path = REPO / ".run" / f"{kind}-{self.port}" / f"{kind}.pid"
+        return int(path.read_text().split()[0])
+
     @property
     def address(self) -> str:
         """``127.0.0.1:<port>``."""

@@ -1,0 +1,107 @@
+"""The fault suite's world: its own Redis and Kafka (which it breaks), three real
+nodes behind a real HAProxy, and hundreds of clients exchanging numbered
+messages through the balancer.
+
+Run it alone with ``scripts/test -m faults``; ``scripts/test`` runs it with the
+rest. Every case prints what was sent, delivered, lost and duplicated, and how
+long clients took to be resumed.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.integration.conftest import RUN_DIR
+from tests.integration.lb import LocalHAProxy, running_haproxy
+from tests.integration.owned import OwnedService
+from wsha.auth import mint_token
+from wsha.localcluster import LocalNode
+
+# Fast failure detection so each case takes seconds: pings every second, a
+# link silent for 2 s more is dead; Redis calls give up after 3 s; without
+# Kafka, inboxes are pulled every 200 ms.
+NODE_SETTINGS = [
+    "--ping-interval=1",
+    "--ping-timeout=2",
+    "--redis-timeout=3",
+    "--kafka-fallback-interval=0.2",
+]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test of this folder as a fault test."""
+    for item in items:
+        if "tests/faults/" in str(item.fspath):
+            item.add_marker(pytest.mark.faults)
+
+
+@pytest.fixture(scope="session")
+def fault_redis() -> Iterator[OwnedService]:
+    """The suite's own Redis, which cases freeze."""
+    redis = OwnedService("redis")
+    redis.start()
+    yield redis
+    redis.stop()
+
+
+@pytest.fixture(scope="session")
+def fault_kafka() -> Iterator[OwnedService]:
+    """The suite's own Kafka broker, which cases stop."""
+    kafka = OwnedService("kafka-broker")
+    kafka.start()
+    yield kafka
+    kafka.stop()
+
+
+@dataclass
+class FaultCluster:
+    """Nodes behind HAProxy, sharing one JWT secret."""
+
+    nodes: list[LocalNode]
+    balancer: LocalHAProxy
+    secret: str
+    redis: OwnedService
+    kafka: OwnedService
+
+    def token(self, user: str) -> str:
+        """A valid token for ``user``."""
+        return mint_token(self.secret, user, 3600)
+
+    def start_node(self, extra: list[str] | None = None) -> LocalNode:
+        """Start one more node, wait until ready and put it behind the balancer."""
+        node = LocalNode(
+            f"fault-{secrets.token_hex(3)}",
+            f"redis://{self.redis.address}/0",
+            self.kafka.address,
+            self.secret,
+            RUN_DIR,
+            extra_args=[*NODE_SETTINGS, *(extra or [])],
+        )
+        node.start()
+        node.wait_ready()
+        self.balancer.add(node)
+        self.balancer.wait_state(node, "UP", 15)
+        self.nodes.append(node)
+        return node
+
+
+@pytest.fixture
+def fault_cluster(
+    fault_redis: OwnedService, fault_kafka: OwnedService
+) -> Iterator[FaultCluster]:
+    """Three fresh nodes behind a fresh HAProxy; all stopped after the case."""
+    with running_haproxy() as balancer:
+        cluster = FaultCluster(
+            [], balancer, secrets.token_urlsafe(32), fault_redis, fault_kafka
+        )
+        try:
+            for _ in range(3):
+                cluster.start_node()
+            yield cluster
+        finally:
+            for node in cluster.nodes:
+                node.kill()
