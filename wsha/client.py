@@ -152,6 +152,8 @@ class GatewayClient:
         self._ping = (ping_interval, ping_timeout)
         self._rng = rng or random.Random()
         self.backoff = Backoff()
+        # Paces resends after retryable errors (Redis away, say); reset by acks.
+        self.send_backoff = Backoff(base=0.5, cap=5.0)
         self.stats = ClientStats()
         self.welcome: dict[str, Any] | None = None
         self.max_pending = max_pending
@@ -168,6 +170,7 @@ class GatewayClient:
         self._acked_upto: str | None = after
         self._ack_call: IDelayedCall | None = None
         self._reconnect_call: IDelayedCall | None = None
+        self._resend_call: IDelayedCall | None = None
         self._running = False
         self._connected_waiters: list[Deferred[dict[str, Any]]] = []
 
@@ -181,7 +184,7 @@ class GatewayClient:
     def stop(self) -> None:
         """Close for good, including any abandoned links."""
         self._running = False
-        for call in (self._reconnect_call, self._ack_call):
+        for call in (self._reconnect_call, self._ack_call, self._resend_call):
             if call is not None and call.active():
                 call.cancel()
         if self._link is not None:
@@ -216,7 +219,8 @@ class GatewayClient:
             return d
         self._pending[frame["id"]] = (frame, d)
         if self.welcome is not None and self._link is not None:
-            self._write(self._link, frame)
+            if self._resend_call is None:
+                self._write(self._link, frame)
         return d
 
     def when_connected(self) -> Deferred[dict[str, Any]]:
@@ -329,6 +333,7 @@ class GatewayClient:
         elif kind == "ack":
             entry = self._pending.pop(frame.get("id", ""), None)
             if entry is not None:
+                self.send_backoff.reset()
                 entry[1].callback(frame)
         elif kind == "error":
             self._error(frame)
@@ -336,6 +341,9 @@ class GatewayClient:
     def _welcomed(self, link: _ClientProtocol, frame: dict[str, Any]) -> None:
         self.welcome = frame
         self.backoff.reset()
+        if self._resend_call is not None and self._resend_call.active():
+            self._resend_call.cancel()
+        self._resend_call = None
         for frame_to_send, _ in list(self._pending.values()):
             self.stats.resends += 1
             self._write(link, frame_to_send)
@@ -372,19 +380,26 @@ class GatewayClient:
             )
             return
         if frame.get("retry"):
-            # Kept: re-sent after a short pause on this link, or on the next one.
-            self._reactor.callLater(
-                self.backoff.base + self._rng.uniform(0, 0.5), self._resend, client_id
-            )
+            # The gateway refuses every later send of this link until this one
+            # comes again, so holding new sends and then resending everything
+            # unacknowledged, oldest first, keeps the sends in order.
+            self._hold_sends()
             return
         _, d = self._pending.pop(client_id)
         d.errback(SendRejected(str(frame.get("code")), str(frame.get("message"))))
 
-    def _resend(self, client_id: str) -> None:
-        entry = self._pending.get(client_id)
-        if entry is not None and self._link is not None and self.welcome is not None:
+    def _hold_sends(self) -> None:
+        if self._resend_call is None:
+            delay = self.send_backoff.next_delay(self._rng)
+            self._resend_call = self._reactor.callLater(delay, self._resend_pending)
+
+    def _resend_pending(self) -> None:
+        self._resend_call = None
+        if self._link is None or self.welcome is None:
+            return  # the next welcome resends them
+        for frame, _ in list(self._pending.values()):
             self.stats.resends += 1
-            self._write(self._link, entry[0])
+            self._write(self._link, frame)
 
     def _flush_ack(self) -> None:
         self._ack_call = None

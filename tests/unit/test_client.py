@@ -186,10 +186,41 @@ class GatewayClientTests(SynchronousTestCase):
         self.client._frame(link, wire.error_frame("unavailable", "down", "c1"))
         self.assertEqual(len(link.sent), 1)
 
-        self.reactor.advance(0.2 + 0.5)
+        self.reactor.advance(0.5)
 
         self.assertEqual([f["id"] for f in link.sent], ["c1", "c1"])
         self.assertNoResult(d)
+
+    def test_retryable_error_holds_later_sends_and_resends_in_order(self) -> None:
+        """After a retryable error, new sends wait, and everything unacknowledged
+        goes again oldest first, so the gateway stores them in the order sent."""
+        link = self.open()
+        self.welcome(link)
+        self.client.send("bob", 1, "c1")
+        self.client.send("bob", 2, "c2")
+        self.client._frame(link, wire.error_frame("unavailable", "down", "c1"))
+        self.client._frame(link, wire.error_frame("unavailable", "down", "c2"))
+        self.client.send("bob", 3, "c3")
+        self.assertEqual([f["id"] for f in link.sent], ["c1", "c2"])
+
+        self.reactor.advance(0.5)
+
+        self.assertEqual([f["id"] for f in link.sent], ["c1", "c2", "c1", "c2", "c3"])
+
+    def test_resends_back_off_while_errors_repeat_and_reset_on_ack(self) -> None:
+        """Repeated retryable errors space resends out; an ack resets the pace."""
+        link = self.open()
+        self.welcome(link)
+        self.client.send("bob", 1, "c1")
+        self.client._frame(link, wire.error_frame("unavailable", "down", "c1"))
+        self.reactor.advance(0.5)
+        self.client._frame(link, wire.error_frame("unavailable", "down", "c1"))
+        self.reactor.advance(0.5)
+        self.assertEqual(len(link.sent), 2)
+        self.reactor.advance(0.5)
+        self.assertEqual(len(link.sent), 3)
+        self.client._frame(link, {"type": "ack", "id": "c1", "inbox": "1-0"})
+        self.assertEqual(self.client.send_backoff.attempts, 0)
 
     def test_duplicate_and_old_messages_are_dropped_and_counted(self) -> None:
         """Messages not after the last id seen are dropped; ids compare numerically."""
