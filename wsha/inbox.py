@@ -73,7 +73,12 @@ class InboxStore:
         limits = self.limits
         reply = yield self._redis.eval(
             self._append_script,
-            [keys.inbox(user), keys.dedupe(user, sender, client_id), keys.online(user)],
+            [
+                keys.inbox(user),
+                keys.dedupe(user, sender, client_id),
+                keys.online(user),
+                keys.trimmed(user),
+            ],
             [
                 sender,
                 body_json,

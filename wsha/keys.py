@@ -21,9 +21,19 @@ def dedupe(user: str, sender: str, client_id: str) -> str:
     """Marks that ``sender``'s message ``client_id`` is already in ``user``'s inbox.
 
     Its value is the inbox id the message was stored under, so a retried send
-    is answered with the original id.
+    is answered with the original id. The sender's length comes first because
+    both parts may contain ``:``; without it ``a:b`` + ``c`` and ``a`` + ``b:c``
+    would share a key and one message would be taken for the other.
     """
-    return f"{_user_tag(user)}:dedupe:{sender}:{client_id}"
+    return f"{_user_tag(user)}:dedupe:{len(sender)}:{sender}:{client_id}"
+
+
+def trimmed(user: str) -> str:
+    """The newest inbox id trimmed away by the length limit, if any.
+
+    A resume from an id below it has lost messages (``welcome.truncated``).
+    """
+    return f"{_user_tag(user)}:trimmed"
 
 
 def session(user: str, session_id: str) -> str:

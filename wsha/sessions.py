@@ -100,6 +100,7 @@ class SessionRegistry:
                 keys.sessions(user),
                 keys.online(user),
                 keys.inbox(user),
+                keys.trimmed(user),
             ],
             [session, node, after or "", self.ttl_seconds, self.replay_cap],
         )
@@ -172,9 +173,12 @@ class SessionRegistry:
 
     @inlineCallbacks
     def acknowledge(self, user: str, session: str, epoch: str, upto: str) -> Any:
-        """Advance the session's ack cursor to ``upto``; fires True if it moved."""
+        """Advance the session's ack cursor to ``upto`` and renew the session's
+        keys for another ``ttl_seconds``; fires True if the cursor moved."""
         reply = yield self._redis.eval(
-            self._ack_script, [keys.session(user, session)], [epoch, upto]
+            self._ack_script,
+            [keys.session(user, session), keys.sessions(user), keys.online(user)],
+            [epoch, upto, self.ttl_seconds],
         )
         return bool(int(reply))
 

@@ -1,5 +1,6 @@
 -- Claim a session for a node: one atomic step that bumps the fencing epoch.
--- KEYS: session hash, sessions set, online hash, inbox stream (one user's slot).
+-- KEYS: session hash, sessions set, online hash, inbox stream, trimmed marker
+--       (one user's slot).
 -- ARGV: session id, node id, after ('' = the stored ack cursor), ttl s, replay cap.
 -- Returns {epoch, previous node, previous online flag, replay-from id,
 --          entries pending after it (capped), 1 if entries after it were trimmed,
@@ -16,20 +17,32 @@ local epoch = math.max((tonumber(prev[1]) or 0) + 1, now_ms)
 local after = ARGV[3]
 if after == '' then after = prev[4] or '0-0' end
 
+local function newer(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am > bm or (am == bm and as > bs)
+end
+
+-- Count what will be replayed in small batches: entries can be large.
 local pending = 0
+local cap = tonumber(ARGV[5])
+local from = '(' .. after
+while pending < cap do
+  local batch = redis.call('XRANGE', KEYS[4], from, '+', 'COUNT',
+    math.min(100, cap - pending))
+  if #batch == 0 then break end
+  pending = pending + #batch
+  from = '(' .. batch[#batch][1]
+end
+
+-- Messages after the resume point are gone if the length limit trimmed one
+-- newer than it, or if the whole inbox expired.
 local trimmed = 0
-if redis.call('EXISTS', KEYS[4]) == 1 then
-  pending = #redis.call('XRANGE', KEYS[4], '(' .. after, '+', 'COUNT', ARGV[5])
-  if after ~= '0-0' then
-    local info = redis.call('XINFO', 'STREAM', KEYS[4])
-    for i = 1, #info, 2 do
-      if info[i] == 'max-deleted-entry-id' then
-        local dm, ds = string.match(info[i + 1], '^(%d+)-(%d+)$')
-        local am, as = string.match(after, '^(%d+)-(%d+)$')
-        dm, ds, am, as = tonumber(dm), tonumber(ds), tonumber(am), tonumber(as)
-        if dm > am or (dm == am and ds > as) then trimmed = 1 end
-      end
-    end
+if after ~= '0-0' then
+  local cut = redis.call('GET', KEYS[5])
+  if (cut and newer(cut, after)) or redis.call('EXISTS', KEYS[4]) == 0 then
+    trimmed = 1
   end
 end
 
