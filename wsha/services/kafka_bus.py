@@ -305,9 +305,17 @@ class NodeBus(service.Service):
         return consumer
 
     def thd_poll(self) -> list[bytes]:
-        """Wait up to 200 ms for notices and return their payloads."""
+        """Wait up to 200 ms for a notice, then take whatever else is queued.
+
+        ``consume(n, timeout)`` only returns once ``n`` messages arrived or the
+        timeout passed, which would hold every notice for up to 200 ms at low
+        rates; waiting for the first one alone returns as soon as it comes.
+        """
         assert self._consumer is not None
-        messages = self._consumer.consume(self._batch_size, 0.2)
+        first = self._consumer.poll(0.2)
+        if first is None:
+            return []
+        messages = [first, *self._consumer.consume(self._batch_size - 1, 0)]
         payloads = []
         for message in messages:
             error = message.error()
@@ -315,9 +323,10 @@ class NodeBus(service.Service):
                 value = message.value()
                 if value is not None:
                     payloads.append(value)
-                    self._reactor.callFromThread(self._set_healthy, True)
             elif error.code() != KafkaError._PARTITION_EOF:
                 self.log.warn("Kafka consumer error: {error}", error=str(error))
+        if payloads:
+            self._reactor.callFromThread(self._set_healthy, True)
         return payloads
 
     @inlineCallbacks
