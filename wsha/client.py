@@ -18,6 +18,7 @@ from typing import Any, cast
 from urllib.parse import urlencode, urlparse
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, ITCPTransport
@@ -404,10 +405,18 @@ class GatewayClient:
     def _flush_ack(self) -> None:
         self._ack_call = None
         if self.last_id and self.last_id != self._acked_upto and self._link is not None:
-            self._write(self._link, {"type": "ack", "upto": self.last_id})
-            self._acked_upto = self.last_id
+            if self._write(self._link, {"type": "ack", "upto": self.last_id}):
+                self._acked_upto = self.last_id
 
-    def _write(self, link: _ClientProtocol, frame: dict[str, Any]) -> None:
+    def _write(self, link: _ClientProtocol, frame: dict[str, Any]) -> bool:
+        """Write ``frame`` if the link is open; False if it is closing or closed.
+
+        A frame not written is not lost: sends stay pending until acknowledged
+        and go again on the next welcome, and the ack cursor is sent again.
+        """
+        if link.state != WebSocketProtocol.STATE_OPEN:
+            return False
         link.sendMessage(
             json.dumps(frame, separators=(",", ":")).encode(), isBinary=False
         )
+        return True

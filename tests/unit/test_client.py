@@ -11,6 +11,7 @@ import random
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -49,6 +50,7 @@ class FakeLink:
         self.sent: list[dict[str, Any]] = []
         self.closes: list[int | None] = []
         self.transport = FakeTransport()
+        self.state = WebSocketProtocol.STATE_OPEN
 
     def sendMessage(self, payload: bytes, isBinary: bool = False) -> None:
         """Keep the decoded text frame."""
@@ -92,7 +94,7 @@ class BackoffTests(SynchronousTestCase):
         self.assertEqual(backoff.next_delay(HighestRng()), 15.0)
 
 
-class GatewayClientTests(SynchronousTestCase):
+class ClientHarness(SynchronousTestCase):
     """Resume, resend, dedupe and reconnect decisions of GatewayClient."""
 
     def setUp(self) -> None:
@@ -128,6 +130,10 @@ class GatewayClientTests(SynchronousTestCase):
     def message(self, link: FakeLink, entry_id: str) -> None:
         """Deliver a message frame with inbox id ``entry_id``."""
         self.client._frame(link, {"type": "message", "id": entry_id, "body": entry_id})
+
+
+class GatewayClientTests(ClientHarness):
+    """The client's contract: resume, retries, acks, backoff."""
 
     def test_connect_carries_token_session_and_after(self) -> None:
         """The connection URL names the token, the session and the resume point."""
@@ -302,7 +308,7 @@ class GatewayClientTests(SynchronousTestCase):
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
 
-class ResyncAndQueueTests(GatewayClientTests):
+class ResyncAndQueueTests(ClientHarness):
     """The application hears when a resume failed, and the send queue is bounded."""
 
     def test_truncated_welcome_signals_a_resync(self) -> None:
@@ -349,3 +355,33 @@ class ResyncAndQueueTests(GatewayClientTests):
         self.client._frame(link, {"type": "ack", "id": "a", "inbox": "5-0"})
         self.assertEqual(self.successResultOf(first)["inbox"], "5-0")
         self.assertEqual(self.successResultOf(again)["inbox"], "5-0")
+
+
+class ClosingLinkTests(ClientHarness):
+    """Nothing is written to a link that is closing, and nothing is lost for it."""
+
+    def test_send_on_a_closing_link_is_kept_not_raised(self) -> None:
+        """A send while the server's close is under way stays pending and goes
+        out on the next welcome."""
+        link = self.open()
+        self.welcome(link)
+        link.state = WebSocketProtocol.STATE_CLOSING
+        d = self.client.send("bob", 1, "c1")
+        self.assertEqual(link.sent, [])
+        self.assertNoResult(d)
+        fresh = FakeLink()
+        self.client._opened(fresh)
+        self.welcome(fresh)
+        self.assertEqual([f["id"] for f in fresh.sent], ["c1"])
+
+    def test_ack_not_written_is_sent_again(self) -> None:
+        """An ack cursor that could not be written is not counted as sent."""
+        link = self.open()
+        self.welcome(link)
+        self.message(link, "4-0")
+        link.state = WebSocketProtocol.STATE_CLOSING
+        self.reactor.advance(1)
+        link.state = WebSocketProtocol.STATE_OPEN
+        self.message(link, "5-0")
+        self.reactor.advance(1)
+        self.assertEqual([f["upto"] for f in link.sent if f["type"] == "ack"], ["5-0"])
