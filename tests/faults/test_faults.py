@@ -252,3 +252,59 @@ def test_blackholed_client_is_dropped_and_resumes(fault_cluster: FaultCluster) -
             os.kill(transport.pid, signal.SIGCONT)
             transport.signalProcess("KILL")
         yield peer.ended
+
+
+STORM_USERS = int(os.environ.get("WSHA_STORM_USERS", "2000"))
+
+
+@pytest_twisted.inlineCallbacks
+def test_reconnect_storm_of_two_thousand_clients(fault_cluster: FaultCluster) -> Any:
+    """HAProxy cuts every client link at once (as a balancer restart would):
+    all of them reconnect together, the nodes admit them at their configured
+    rate and turn the rest away with 1013, and every client is resumed with
+    nothing lost."""
+    api = fault_cluster.balancer.api
+    traffic = Traffic(
+        reactor,
+        lambda i: fault_cluster.balancer.ws_url,
+        fault_cluster.token,
+        STORM_USERS,
+        rate=0.2,
+        window=5,
+    )
+    try:
+        yield traffic.connect(180)
+        traffic.start_sending()
+        yield wait_for(
+            lambda: traffic.report().accepted > STORM_USERS // 2, 60, "sends"
+        )
+
+        slots = yield deferToThread(api.slots)
+        moment = time.monotonic()
+        for slot in slots:
+            if not slot.free:
+                yield deferToThread(
+                    api.execute, f"shutdown sessions server {api.backend}/{slot.name}"
+                )
+        yield wait_for(
+            lambda: traffic.resumed_since(moment), 180, "every client resumed"
+        )
+        all_in = time.monotonic() - moment
+        traffic.stop_sending()
+        yield wait_for(traffic.settled, 120, "every accepted message delivered")
+        report = traffic.report()
+        times = traffic.recovery_times(moment)
+        refused = sum(u.client.stats.closes.get(1013, 0) for u in traffic.users)
+        print(
+            f"\n[reconnect storm] {len(times)} of {STORM_USERS} clients cut; "
+            f"resumed p50 {percentile(times, 0.5):.2f}s "
+            f"p99 {percentile(times, 0.99):.2f}s, all in {all_in:.2f}s; "
+            f"{refused} connects turned away with 1013; sent {report.sent} "
+            f"delivered {report.delivered} lost {report.lost} "
+            f"duplicated {report.duplicated + report.server_duplicates}"
+        )
+        assert len(times) == STORM_USERS
+        assert report.clean, report
+        assert report.delivered == report.accepted
+    finally:
+        traffic.stop()
