@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import jwt
 
@@ -53,9 +54,18 @@ class TokenVerifier:
 
 
 def mint_token(
-    secret: str, user: str, ttl: float = 3600.0, now: float | None = None
+    secret: str,
+    user: str,
+    ttl: float = 3600.0,
+    now: float | None = None,
+    audience: str | None = None,
 ) -> str:
-    """Sign an HS256 token for ``user`` valid for ``ttl`` seconds (demo and tests)."""
+    """Sign an HS256 token for ``user`` valid for ``ttl`` seconds (demo and tests).
+
+    :param audience: the ``aud`` claim, for nodes run with ``--jwt-audience``.
+    """
     issued = time.time() if now is None else now
-    claims = {"sub": user, "iat": int(issued), "exp": int(issued + ttl)}
+    claims: dict[str, Any] = {"sub": user, "iat": int(issued), "exp": int(issued + ttl)}
+    if audience:
+        claims["aud"] = audience
     return jwt.encode(claims, secret, algorithm="HS256")

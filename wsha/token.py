@@ -1,4 +1,4 @@
-"""``wsha-token``: print a signed HS256 token for a user (development helper)."""
+"""wsha-token: print a signed HS256 token for a user (development helper)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("user", help="the user id to put in 'sub'")
     parser.add_argument("--ttl", type=float, default=3600.0, help="seconds it is valid")
+    parser.add_argument("--audience", help="the 'aud' claim, if the node requires one")
     parser.add_argument(
         "--secret",
         default=os.environ.get("WSHA_JWT_SECRET"),
@@ -22,7 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.secret:
         parser.error("no secret: pass --secret or set WSHA_JWT_SECRET")
-    sys.stdout.write(mint_token(args.secret, args.user, args.ttl) + "\n")
+    sys.stdout.write(
+        mint_token(args.secret, args.user, args.ttl, audience=args.audience) + "\n"
+    )
     return 0
 
 

@@ -1,7 +1,7 @@
 """Fixtures that run real Redis, real Kafka and real ``twistd`` gateway nodes.
 
 Redis and Kafka are started by the project's own scripts (``scripts/redis``,
-``scripts/kafka``) on the ports in ``WSHA_REDIS_PORT`` / ``WSHA_KAFKA_PORT``,
+``scripts/kafka-broker``) on the ports in ``WSHA_REDIS_PORT`` / ``WSHA_KAFKA_PORT``,
 or reused if they already answer there. Nodes are separate ``twistd``
 processes on 127.0.0.1, like a real deployment.
 """
