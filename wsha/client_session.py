@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from wsha import wire
 from wsha.delivery import SessionDelivery
 from wsha.inbox import InboxEntry
+from wsha.services.redis_service import RedisUnavailable
 from wsha.sessions import Claim
 
 if TYPE_CHECKING:
@@ -71,7 +72,9 @@ class ClientSession:
         try:
             claim = yield self.gateway.claim(self)
         except Exception as e:
-            self.log.warn(
+            # An outage is logged once by the Redis service; anything else here.
+            emit = self.log.debug if isinstance(e, RedisUnavailable) else self.log.warn
+            emit(
                 "Claim of {user}/{session} failed: {error}",
                 user=self.user,
                 session=self.session,
@@ -188,13 +191,23 @@ class ClientSession:
             )
 
         def failed(reason: Any) -> None:
-            self.log.warn(
-                "Send {id} from {user} not stored: {error}",
-                id=frame.id,
-                user=self.user,
-                error=reason.getErrorMessage(),
+            if reason.check(RedisUnavailable):
+                self.log.debug(
+                    "Send {id} from {user} not stored: {error}",
+                    id=frame.id,
+                    user=self.user,
+                    error=reason.getErrorMessage(),
+                )
+                self._reply(
+                    wire.error_frame(
+                        "unavailable", "message store unreachable", frame.id
+                    )
+                )
+                return
+            self.log.failure(
+                "Send {id} from {user} not stored", reason, id=frame.id, user=self.user
             )
-            self._reply(wire.error_frame("unavailable", "message not stored", frame.id))
+            self._reply(wire.error_frame("internal", "message not stored", frame.id))
 
         d.addCallbacks(stored, failed)
 

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from wsha.services.redis_url import parse_redis_url
+
 
 def generate_node_id() -> str:
     """A node id unique across restarts: host name plus a random suffix."""
@@ -33,7 +35,9 @@ class NodeConfig:
         "tcp:8081:interface=127.0.0.1", "Control API endpoint (Twisted strports)."
     )
     redis: str = setting(
-        "redis://127.0.0.1:6379/0", "Redis URL redis://[user:password@]host:port/db."
+        "redis://127.0.0.1:6379/0",
+        "Redis URL redis://[user:password@]host:port/db, or "
+        "sentinel://[user:password@]host:port[,host:port...]/<master-name>/<db>.",
     )
     kafka: str = setting("127.0.0.1:9092", "Kafka bootstrap servers host:port[,...].")
     node_id: str = field(
@@ -55,6 +59,12 @@ class NodeConfig:
         7 * 24 * 3600, "Seconds an idle session's cursor is kept."
     )
     redis_timeout: float = setting(5.0, "Seconds to wait for Redis to connect/answer.")
+    redis_health_interval: float = setting(
+        1.0, "Seconds between Redis health PINGs (an outage is noticed this fast)."
+    )
+    redis_reconnect_max: float = setting(
+        2.0, "Longest wait in seconds between Redis reconnect attempts."
+    )
     inbox_sweep_interval: float = setting(
         30.0, "Seconds between safety pulls of every inbox (0: none)."
     )
@@ -93,6 +103,10 @@ class NodeConfig:
                 raise ValueError(f"{name.replace('_', '-')} must be positive")
         if self.dedupe_ttl > self.inbox_ttl:
             raise ValueError("dedupe-ttl must not exceed inbox-ttl")
+        parse_redis_url(self.redis)
+        for name in ("redis_timeout", "redis_health_interval", "redis_reconnect_max"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name.replace('_', '-')} must be positive")
         for name in ("heartbeat_interval", "heartbeat_ttl", "reaper_interval"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.replace('_', '-')} must be positive")

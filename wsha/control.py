@@ -15,6 +15,7 @@ from twisted.web.iweb import IRequest
 
 from wsha import wire
 from wsha.gateway import Gateway
+from wsha.services.redis_service import RedisUnavailable
 
 MAX_REQUEST_BYTES = 1024 * 1024
 
@@ -47,7 +48,10 @@ def _respond_later(
             request.finish()
 
     def failed(reason: Any) -> None:
-        log.failure("Control request {uri} failed", reason, uri=request.uri)
+        if reason.check(RedisUnavailable):
+            log.debug("Control request {uri}: Redis unavailable", uri=request.uri)
+        else:
+            log.failure("Control request {uri} failed", reason, uri=request.uri)
         if not request._disconnected:  # type: ignore[attr-defined]
             request.write(_error(request, 503, "unavailable", reason.getErrorMessage()))
             request.finish()

@@ -15,6 +15,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from wsha.inbox import InboxEntry, InboxStore
+from wsha.services.redis_service import RedisUnavailable
 
 Deliver = Callable[[list[InboxEntry]], None]
 
@@ -88,7 +89,9 @@ class SessionDelivery:
                 if len(entries) < self._batch_size and not self._again:
                     return
         except Exception as e:
-            self.log.warn(
+            # An outage is logged once by the Redis service, not once per session.
+            emit = self.log.debug if isinstance(e, RedisUnavailable) else self.log.warn
+            emit(
                 "Inbox read for {user} failed, retrying: {error}",
                 user=self._user,
                 error=str(e),

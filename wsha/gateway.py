@@ -18,6 +18,7 @@ from wsha import topics
 from wsha.client_session import ClientSession
 from wsha.delivery import SessionDelivery
 from wsha.inbox import AppendResult, InboxStore
+from wsha.services.redis_service import RedisUnavailable
 from wsha.sessions import Claim, SessionRegistry
 
 NEWER_CLAIM_MEMORY = 30.0
@@ -82,6 +83,8 @@ class Gateway:
         self._pending_notices: set[tuple[str, str]] = set()
         self._flush_call: IDelayedCall | None = None
         self._newer_claims: dict[tuple[str, str], int] = {}
+        # Sessions whose release failed (Redis down): retried when it is back.
+        self._unreleased: dict[tuple[str, str], str] = {}
 
     # Sessions
 
@@ -127,9 +130,22 @@ class Gateway:
             d: Deferred[Any] = Deferred()
             d.callback(False)
             return d
-        d = self.registry.release(client.user, client.session, str(client.epoch))
-        d.addErrback(self._log_failure, "release", client)
+        epoch = str(client.epoch)
+        d = self.registry.release(client.user, client.session, epoch)
+        d.addErrback(self._release_failed, client, epoch)
         return d
+
+    def store_recovered(self) -> None:
+        """Redis is back: retry the releases it missed and pull every inbox.
+
+        Releases are fenced by epoch, so one retried late is a no-op when a
+        newer connection of the session has claimed it since.
+        """
+        unreleased, self._unreleased = self._unreleased, {}
+        for (user, session), epoch in unreleased.items():
+            d = self.registry.release(user, session, epoch)
+            d.addErrback(self._retry_failed, user, session, epoch)
+        self.poke_all()
 
     def acknowledge(self, client: ClientSession, upto: str) -> None:
         """Record that ``client`` has received everything up to ``upto``."""
@@ -218,8 +234,20 @@ class Gateway:
             else:
                 self.bus.send(node, topics.encode_inbox_notice(user), key=user.encode())
 
+    def _release_failed(self, reason: Any, client: ClientSession, epoch: str) -> bool:
+        self._retry_failed(reason, client.user, client.session, epoch)
+        return self._log_failure(reason, "release", client)
+
+    def _retry_failed(self, reason: Any, user: str, session: str, epoch: str) -> None:
+        # Only the newest epoch's release can still do anything.
+        known = self._unreleased.get((user, session))
+        if known is None or int(epoch) > int(known):
+            self._unreleased[(user, session)] = epoch
+
     def _log_failure(self, reason: Any, step: str, client: ClientSession) -> bool:
-        self.log.warn(
+        # An outage is logged once by the Redis service, not once per session.
+        emit = self.log.debug if reason.check(RedisUnavailable) else self.log.warn
+        emit(
             "Session {step} for {user}/{session} failed: {error}",
             step=step,
             user=client.user,

@@ -20,7 +20,7 @@ from wsha.services.kafka_bus import NodeBus
 from wsha.services.listener import ListenerService
 from wsha.services.node_registry import NodeRegistryService, RegistryTiming
 from wsha.services.ordered import OrderedMultiService
-from wsha.services.redis_service import RedisAddress, RedisService
+from wsha.services.redis_service import RedisService
 from wsha.sessions import SessionRegistry
 from wsha.wire import CLOSE_RESTARTING
 
@@ -43,8 +43,12 @@ class GatewayNode(OrderedMultiService):
         self.config = config
         self.node_id = config.node_id
 
-        self.redis = RedisService(
-            RedisAddress.from_url(config.redis), config.redis_timeout
+        self.redis = RedisService.for_url(
+            config.redis,
+            reactor,
+            timeout=config.redis_timeout,
+            health_interval=config.redis_health_interval,
+            reconnect_max=config.redis_reconnect_max,
         )
         self.redis.setName("redis")
         self.redis.setServiceParent(self)
@@ -101,6 +105,7 @@ class GatewayNode(OrderedMultiService):
         )
         self.sweeper.setName("inbox-sweeper")
         self.sweeper.setServiceParent(self)
+        self.redis.on_change(self._on_redis_change)
         self.bus.on_health_change = self.sweeper.set_kafka_healthy
 
         site = control_site(
@@ -123,6 +128,7 @@ class GatewayNode(OrderedMultiService):
             max_message_bytes=config.max_message_bytes,
             ping_interval=config.ping_interval,
             ping_timeout=config.ping_timeout,
+            store_available=lambda: self.redis.available,
         )
         self.websocket = ListenerService(reactor, config.port, self.websocket_factory)
         self.websocket.setName("websocket")
@@ -140,6 +146,10 @@ class GatewayNode(OrderedMultiService):
 
     def _on_reaped(self) -> None:
         self.gateway.close_local_sessions(CLOSE_RESTARTING, "node declared dead")
+
+    def _on_redis_change(self, available: bool) -> None:
+        if available:
+            self.gateway.store_recovered()
 
     @inlineCallbacks
     def startService(self) -> Any:

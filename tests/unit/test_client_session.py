@@ -10,6 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.unit.fakes import GatewayHarness, appended, make_claim, make_entry
 from wsha import wire
 from wsha.client_session import MAX_EARLY_FRAMES
+from wsha.services.redis_service import RedisUnavailable
 
 
 def send_frame(client_id: str, to: str = "bob", body: object = "hi") -> str:
@@ -121,10 +122,11 @@ class ClientSessionTests(SynchronousTestCase):
         )
 
     def test_failed_append_is_a_retryable_error(self) -> None:
-        """When the inbox cannot store a send, the client gets a retry-true error."""
+        """When Redis cannot store a send, the client gets ``unavailable``, retry
+        true, and the connection stays open."""
         client, link = self.harness.online()
         client.on_text(send_frame("c-1"))
-        self.harness.inbox.appends[0][1].errback(ConnectionError("redis down"))
+        self.harness.inbox.appends[0][1].errback(RedisUnavailable("redis down"))
 
         self.assertEqual(
             link.of_type("error"),
@@ -132,12 +134,24 @@ class ClientSessionTests(SynchronousTestCase):
                 {
                     "type": "error",
                     "code": "unavailable",
-                    "message": "message not stored",
+                    "message": "message store unreachable",
                     "retry": True,
                     "id": "c-1",
                 }
             ],
         )
+        self.assertEqual(link.closes, [])
+
+    def test_unexpected_append_failure_is_internal_and_retryable(self) -> None:
+        """A send that failed for another reason is ``internal``, retry true, and
+        the failure is logged with its traceback."""
+        client, link = self.harness.online()
+        client.on_text(send_frame("c-1"))
+        self.harness.inbox.appends[0][1].errback(ValueError("script bug"))
+
+        errors = [(f["code"], f["retry"], f["id"]) for f in link.of_type("error")]
+        self.assertEqual(errors, [("internal", True, "c-1")])
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
         self.assertEqual(link.closes, [])
 
     def test_bad_frames_get_errors_and_connection_stays_open(self) -> None:
@@ -172,7 +186,7 @@ class ClientSessionTests(SynchronousTestCase):
     def test_failed_claim_closes_with_try_later(self) -> None:
         """If the session store cannot claim, the connection closes with 1013."""
         _, link, pending = self.harness.connect()
-        pending.errback(ConnectionError("redis down"))
+        pending.errback(RedisUnavailable("redis down"))
         self.assertEqual(link.closes[0][0], wire.CLOSE_TRY_LATER)
         self.assertEqual(link.frames, [])
 

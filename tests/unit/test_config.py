@@ -116,3 +116,27 @@ def test_check_refuses_registry_timings_that_cannot_work(
     """A heartbeat TTL under two intervals would expire a healthy node."""
     with pytest.raises(ValueError, match=message):
         good(**overrides).check()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"redis": "http://127.0.0.1:6379"}, "not a redis:// URL"),
+        ({"redis": "sentinel://127.0.0.1:26379"}, "no master name"),
+        ({"redis_timeout": 0}, "redis-timeout must be positive"),
+        ({"redis_health_interval": 0}, "redis-health-interval must be positive"),
+        ({"redis_reconnect_max": -1}, "redis-reconnect-max must be positive"),
+    ],
+)
+def test_check_refuses_redis_settings_that_cannot_work(
+    overrides: dict[str, object], message: str
+) -> None:
+    """A Redis URL that names nothing and timings of 0 are refused before the
+    node starts."""
+    with pytest.raises(ValueError, match=message):
+        good(**overrides).check()
+
+
+def test_check_accepts_a_sentinel_url() -> None:
+    """A sentinel:// URL is valid."""
+    good(redis="sentinel://127.0.0.1:26379,127.0.0.1:26380/wsha/0").check()

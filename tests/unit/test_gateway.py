@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
+from twisted.internet.defer import Deferred, fail
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.unit.fakes import GatewayHarness, appended, make_claim
 from wsha import topics, wire
+from wsha.services.redis_service import RedisUnavailable
 
 
 def takeover(epoch: object, user: str = "alice", session: str = "phone") -> bytes:
@@ -211,3 +214,71 @@ class NoticeTests(SynchronousTestCase):
         self.assertEqual(link.closes, [])
         self.assertEqual(self.harness.clock.getDelayedCalls(), [])
         self.assertEqual(len(self.harness.inbox.reads), 1)
+
+
+class StoreRecoveryTests(SynchronousTestCase):
+    """Releases that failed during a Redis outage are retried when it returns."""
+
+    def setUp(self) -> None:
+        self.harness = GatewayHarness()
+        self.gateway = self.harness.gateway
+        self.failing = True
+        registry = self.harness.registry
+        record = registry.release
+
+        def release(user: str, session: str, epoch: str) -> Deferred[Any]:
+            if self.failing:
+                return fail(RedisUnavailable("redis down"))
+            return record(user, session, epoch)
+
+        registry.release = release  # type: ignore[method-assign]
+
+    def test_failed_release_is_retried_on_recovery(self) -> None:
+        """A connection lost while Redis is down is released once Redis is back,
+        with its own epoch (fenced), and only once."""
+        client, _ = self.harness.online(epoch=7)
+        client.connection_lost()
+        self.assertEqual(self.harness.registry.releases, [])
+
+        self.failing = False
+        self.gateway.store_recovered()
+        self.gateway.store_recovered()
+
+        self.assertEqual(self.harness.registry.releases, [("alice", "phone", "7")])
+
+    def test_only_the_newest_epoch_is_retried(self) -> None:
+        """Two connections of one session lost during the outage: the newer
+        epoch's release is the one retried."""
+        for epoch in (9, 8):
+            client, _ = self.harness.online(epoch=epoch)
+            client.connection_lost()
+
+        self.failing = False
+        self.gateway.store_recovered()
+
+        self.assertEqual(self.harness.registry.releases, [("alice", "phone", "9")])
+
+    def test_retry_failing_again_is_kept_for_the_next_recovery(self) -> None:
+        """If Redis drops again during the retry, the release waits for the next."""
+        client, _ = self.harness.online(epoch=3)
+        client.connection_lost()
+        self.gateway.store_recovered()
+        self.assertEqual(self.harness.registry.releases, [])
+
+        self.failing = False
+        self.gateway.store_recovered()
+        self.assertEqual(self.harness.registry.releases, [("alice", "phone", "3")])
+
+    def test_recovery_pulls_every_live_session(self) -> None:
+        """Recovery pokes each live session's delivery, so reads that failed
+        during the outage resume at once."""
+        self.harness.online(epoch=1, user="alice")
+        self.harness.online(epoch=2, user="bob", session="tab")
+        reads_before = len(self.harness.inbox.reads)
+        for _, d in self.harness.inbox.reads:
+            d.callback([])
+
+        self.gateway.store_recovered()
+
+        pulled = [args[0] for args, _ in self.harness.inbox.reads[reads_before:]]
+        self.assertEqual(sorted(pulled), ["alice", "bob"])

@@ -41,6 +41,12 @@ class StubFactory:
         self.gateway = gateway
         self.verifier = TokenVerifier(SECRET)
         self.accepting = True
+        self.redis_up = True
+        self.admission = None
+
+    def store_available(self) -> bool:
+        """Whether the (pretend) session store is reachable."""
+        return self.redis_up
 
 
 class BearerTokenTests(SynchronousTestCase):
@@ -76,15 +82,20 @@ class OnConnectTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.harness = GatewayHarness()
         self.factory = StubFactory(self.harness.gateway)
-        self.protocol = GatewayServerProtocol()
-        self.protocol.factory = self.factory
         self.closes: list[tuple[int, str]] = []
+        self.protocol = self.new_protocol()
+
+    def new_protocol(self, peer: str = "tcp:127.0.0.1:50000") -> GatewayServerProtocol:
+        """A protocol on the stub factory whose close frames land in ``closes``."""
+        protocol = GatewayServerProtocol()
+        protocol.factory = self.factory
         # Autobahn's own frame writer is the boundary: its public sendClose
         # rejects 1008/1012, so the protocol must go through sendCloseFrame.
-        self.protocol.sendCloseFrame = lambda code, reasonUtf8, isReply: (
-            self.closes.append((code, reasonUtf8.decode("utf-8")))
+        protocol.sendCloseFrame = lambda code, reasonUtf8, isReply: self.closes.append(
+            (code, reasonUtf8.decode("utf-8"))
         )
-        self.protocol.peer = "tcp:127.0.0.1:50000"
+        protocol.peer = peer
+        return protocol
 
     def connect(self, path: str = "/ws", **params: str) -> None:
         """Run onConnect with ``params`` as the query."""
@@ -128,6 +139,25 @@ class OnConnectTests(SynchronousTestCase):
     def test_draining_node_refuses_with_1012(self) -> None:
         """A node that stopped accepting closes new sockets with 1012."""
         self.factory.accepting = False
+        self.connect(token=self.token(), session="s")
+        self.protocol.onOpen()
+        self.assertEqual(self.closes[0][0], wire.CLOSE_RESTARTING)
+
+    def test_store_down_refuses_with_1013_after_open(self) -> None:
+        """While Redis is unavailable a new socket opens, then closes with 1013,
+        and nothing is asked of the session store."""
+        self.factory.redis_up = False
+        self.connect(token=self.token(), session="s")
+        self.protocol.onOpen()
+        self.assertEqual(
+            self.closes, [(wire.CLOSE_TRY_LATER, "session store unavailable")]
+        )
+        self.assertEqual(self.harness.registry.claims, [])
+
+    def test_draining_wins_over_store_down(self) -> None:
+        """A draining node says 1012 (go elsewhere now) even while Redis is down."""
+        self.factory.accepting = False
+        self.factory.redis_up = False
         self.connect(token=self.token(), session="s")
         self.protocol.onOpen()
         self.assertEqual(self.closes[0][0], wire.CLOSE_RESTARTING)

@@ -6,6 +6,7 @@ The protocol only authenticates and translates between WebSocket events and a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -61,6 +62,9 @@ class GatewayServerProtocol(WebSocketServerProtocol):
         if not self.factory.accepting:
             self._refusal = (wire.CLOSE_RESTARTING, "node is draining")
             return
+        if not self.factory.store_available():
+            self._refusal = (wire.CLOSE_TRY_LATER, "session store unavailable")
+            return
         try:
             user = self.factory.verifier.verify(bearer_token(request))
         except AuthError as e:
@@ -89,7 +93,9 @@ class GatewayServerProtocol(WebSocketServerProtocol):
         """Refuse with the close code chosen in onConnect, or start the session."""
         if self._refusal is not None:
             code, reason = self._refusal
-            log.info("Refused {peer}: {reason}", peer=self.peer, reason=reason)
+            # An outage refuses many: it is logged once, by the Redis service.
+            emit = log.debug if code == wire.CLOSE_TRY_LATER else log.info
+            emit("Refused {peer}: {reason}", peer=self.peer, reason=reason, code=code)
             self.close(code, reason)
             return
         assert self.client is not None
@@ -134,6 +140,7 @@ class GatewayServerFactory(WebSocketServerFactory):
     :param max_message_bytes: frames or messages above this close with 1009.
     :param ping_interval: seconds between server pings; 0 disables them.
     :param ping_timeout: seconds to wait for a pong before dropping the link.
+    :param store_available: says whether Redis can serve new sessions now.
     """
 
     protocol = GatewayServerProtocol  # type: ignore[assignment]
@@ -145,12 +152,14 @@ class GatewayServerFactory(WebSocketServerFactory):
         max_message_bytes: int = 128 * 1024,
         ping_interval: float = 20.0,
         ping_timeout: float = 10.0,
+        store_available: Callable[[], bool] = lambda: True,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
         self.gateway = gateway
         self.verifier = verifier
         self.accepting = True
+        self.store_available = store_available
         self.setProtocolOptions(
             maxMessagePayloadSize=max_message_bytes,
             maxFramePayloadSize=max_message_bytes,
