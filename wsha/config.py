@@ -65,6 +65,12 @@ class NodeConfig:
     redis_reconnect_max: float = setting(
         2.0, "Longest wait in seconds between Redis reconnect attempts."
     )
+    accept_rate: float = setting(
+        200.0, "New WebSocket connections admitted per second (0: no limit)."
+    )
+    accept_burst: int = setting(
+        400, "New connections admitted at once above the rate; the rest get 1013."
+    )
     inbox_sweep_interval: float = setting(
         30.0, "Seconds between safety pulls of every inbox (0: none)."
     )
@@ -107,6 +113,10 @@ class NodeConfig:
         for name in ("redis_timeout", "redis_health_interval", "redis_reconnect_max"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.replace('_', '-')} must be positive")
+        if self.accept_rate < 0:
+            raise ValueError("accept-rate must not be negative")
+        if self.accept_burst < 1:
+            raise ValueError("accept-burst must be at least 1")
         for name in ("heartbeat_interval", "heartbeat_ttl", "reaper_interval"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.replace('_', '-')} must be positive")

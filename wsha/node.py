@@ -7,6 +7,7 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
 
+from wsha.admission import AdmissionGate
 from wsha.auth import TokenVerifier
 from wsha.config import NodeConfig
 from wsha.control import control_site
@@ -128,6 +129,7 @@ class GatewayNode(OrderedMultiService):
             max_message_bytes=config.max_message_bytes,
             ping_interval=config.ping_interval,
             ping_timeout=config.ping_timeout,
+            admission=AdmissionGate(config.accept_rate, config.accept_burst, reactor),
             store_available=lambda: self.redis.available,
         )
         self.websocket = ListenerService(reactor, config.port, self.websocket_factory)

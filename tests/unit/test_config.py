@@ -126,17 +126,21 @@ def test_check_refuses_registry_timings_that_cannot_work(
         ({"redis_timeout": 0}, "redis-timeout must be positive"),
         ({"redis_health_interval": 0}, "redis-health-interval must be positive"),
         ({"redis_reconnect_max": -1}, "redis-reconnect-max must be positive"),
+        ({"accept_rate": -1}, "accept-rate must not be negative"),
+        ({"accept_burst": 0}, "accept-burst must be at least 1"),
     ],
 )
-def test_check_refuses_redis_settings_that_cannot_work(
+def test_check_refuses_redis_and_admission_settings_that_cannot_work(
     overrides: dict[str, object], message: str
 ) -> None:
-    """A Redis URL that names nothing and timings of 0 are refused before the
-    node starts."""
+    """A Redis URL that names nothing, timings of 0, and an admission gate that
+    could never admit are refused before the node starts."""
     with pytest.raises(ValueError, match=message):
         good(**overrides).check()
 
 
-def test_check_accepts_a_sentinel_url() -> None:
-    """A sentinel:// URL is valid."""
-    good(redis="sentinel://127.0.0.1:26379,127.0.0.1:26380/wsha/0").check()
+def test_check_accepts_a_sentinel_url_and_no_admission_limit() -> None:
+    """A sentinel:// URL and ``accept_rate`` 0 (no limit) are valid."""
+    good(
+        redis="sentinel://127.0.0.1:26379,127.0.0.1:26380/wsha/0", accept_rate=0
+    ).check()

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.unit.fakes import GatewayHarness
 from wsha import wire
+from wsha.admission import AdmissionGate
 from wsha.auth import TokenVerifier, mint_token
 from wsha.protocols.websocket import GatewayServerProtocol, bearer_token
 
@@ -42,7 +44,7 @@ class StubFactory:
         self.verifier = TokenVerifier(SECRET)
         self.accepting = True
         self.redis_up = True
-        self.admission = None
+        self.admission: AdmissionGate | None = None
 
     def store_available(self) -> bool:
         """Whether the (pretend) session store is reachable."""
@@ -161,6 +163,33 @@ class OnConnectTests(SynchronousTestCase):
         self.connect(token=self.token(), session="s")
         self.protocol.onOpen()
         self.assertEqual(self.closes[0][0], wire.CLOSE_RESTARTING)
+
+    def test_admission_limit_refuses_with_1013(self) -> None:
+        """Beyond the admission gate's burst a new socket closes with 1013; the
+        ones within it start sessions."""
+        self.factory.admission = AdmissionGate(rate=1.0, burst=1, clock=Clock())
+        self.connect(token=self.token(), session="s1")
+        self.protocol.onOpen()
+        self.assertEqual(self.closes, [])
+
+        second = self.new_protocol("tcp:127.0.0.1:50001")
+        second.onConnect(
+            connection_request(params={"token": [self.token()], "session": ["s2"]})
+        )
+        second.onOpen()
+
+        self.assertEqual(
+            self.closes, [(wire.CLOSE_TRY_LATER, "too many new connections")]
+        )
+        self.assertEqual(len(self.harness.registry.claims), 1)
+
+    def test_store_down_costs_no_admission_token(self) -> None:
+        """A socket refused because Redis is down does not spend the burst."""
+        gate = AdmissionGate(rate=1.0, burst=1, clock=Clock())
+        self.factory.admission = gate
+        self.factory.redis_up = False
+        self.connect(token=self.token(), session="s")
+        self.assertTrue(gate.admit())
 
     def test_valid_request_starts_a_session(self) -> None:
         """A good token and session build a ClientSession that claims on open."""

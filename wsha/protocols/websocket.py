@@ -15,6 +15,7 @@ from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.logger import Logger
 
 from wsha import wire
+from wsha.admission import AdmissionGate
 from wsha.auth import AuthError, TokenVerifier
 from wsha.client_session import ClientSession
 from wsha.gateway import Gateway
@@ -65,6 +66,10 @@ class GatewayServerProtocol(WebSocketServerProtocol):
         if not self.factory.store_available():
             self._refusal = (wire.CLOSE_TRY_LATER, "session store unavailable")
             return
+        admission = self.factory.admission
+        if admission is not None and not admission.admit():
+            self._refusal = (wire.CLOSE_TRY_LATER, "too many new connections")
+            return
         try:
             user = self.factory.verifier.verify(bearer_token(request))
         except AuthError as e:
@@ -93,7 +98,7 @@ class GatewayServerProtocol(WebSocketServerProtocol):
         """Refuse with the close code chosen in onConnect, or start the session."""
         if self._refusal is not None:
             code, reason = self._refusal
-            # An outage refuses many: it is logged once, by the Redis service.
+            # A storm or an outage refuses many: those are logged once, elsewhere.
             emit = log.debug if code == wire.CLOSE_TRY_LATER else log.info
             emit("Refused {peer}: {reason}", peer=self.peer, reason=reason, code=code)
             self.close(code, reason)
@@ -140,6 +145,7 @@ class GatewayServerFactory(WebSocketServerFactory):
     :param max_message_bytes: frames or messages above this close with 1009.
     :param ping_interval: seconds between server pings; 0 disables them.
     :param ping_timeout: seconds to wait for a pong before dropping the link.
+    :param admission: limits the rate of new connections (none by default).
     :param store_available: says whether Redis can serve new sessions now.
     """
 
@@ -152,6 +158,7 @@ class GatewayServerFactory(WebSocketServerFactory):
         max_message_bytes: int = 128 * 1024,
         ping_interval: float = 20.0,
         ping_timeout: float = 10.0,
+        admission: AdmissionGate | None = None,
         store_available: Callable[[], bool] = lambda: True,
         **kwargs: Any,
     ):
@@ -159,6 +166,7 @@ class GatewayServerFactory(WebSocketServerFactory):
         self.gateway = gateway
         self.verifier = verifier
         self.accepting = True
+        self.admission = admission
         self.store_available = store_available
         self.setProtocolOptions(
             maxMessagePayloadSize=max_message_bytes,
