@@ -52,11 +52,11 @@ class NodeConfig:
         128 * 1024, "Largest WebSocket message; larger closes with 1009."
     )
     max_body_bytes: int = setting(64 * 1024, "Largest 'send' body, as JSON bytes.")
-    inbox_max_length: int = setting(10_000, "Messages kept per inbox (approximate).")
+    inbox_max_length: int = setting(10_000, "Messages kept per inbox (exact).")
     inbox_ttl: int = setting(7 * 24 * 3600, "Seconds an inbox lives after a message.")
     dedupe_ttl: int = setting(24 * 3600, "Seconds a client message id is remembered.")
     session_ttl: int = setting(
-        7 * 24 * 3600, "Seconds an idle session's cursor is kept."
+        7 * 24 * 3600, "Seconds session state lives after its last connect or ack."
     )
     redis_timeout: float = setting(5.0, "Seconds to wait for Redis to connect/answer.")
     redis_health_interval: float = setting(
