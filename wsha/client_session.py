@@ -61,6 +61,9 @@ class ClientSession:
         self.closed = False
         self.closing = False
         self._early_frames: list[str] = []
+        # The client id of the first send that failed, which must come again
+        # before any later send of this connection is stored.
+        self._resend_first: str | None = None
 
     @inlineCallbacks
     def start(self) -> Any:
@@ -176,6 +179,20 @@ class ClientSession:
             self.gateway.release(self)
 
     def _send(self, frame: wire.Send) -> None:
+        # Sends of one connection are stored in the order they came. After one
+        # fails (retryably), later ones are refused until it is sent again, so
+        # a client that resends in order never has a later message overtake it.
+        if self._resend_first is not None:
+            if frame.id != self._resend_first:
+                self._reply(
+                    wire.error_frame(
+                        "resend_earlier",
+                        f"send {self._resend_first} failed; send it again first",
+                        frame.id,
+                    )
+                )
+                return
+            self._resend_first = None
         d = self.gateway.submit(
             self.user, frame.to, frame.id, wire.encode_body(frame.body)
         )
@@ -191,6 +208,8 @@ class ClientSession:
             )
 
         def failed(reason: Any) -> None:
+            if self._resend_first is None:
+                self._resend_first = frame.id
             if reason.check(RedisUnavailable):
                 self.log.debug(
                     "Send {id} from {user} not stored: {error}",

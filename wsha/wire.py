@@ -32,6 +32,7 @@ ERRORS: dict[str, bool] = {
     "bad_recipient": False,
     "body_too_big": False,
     "unavailable": True,
+    "resend_earlier": True,
     "internal": True,
 }
 

@@ -142,6 +142,39 @@ class ClientSessionTests(SynchronousTestCase):
         )
         self.assertEqual(link.closes, [])
 
+    def test_sends_after_a_failed_one_wait_until_it_comes_again(self) -> None:
+        """After a send fails, later sends of the connection are refused with
+        resend_earlier (retryable) until the failed id is sent again; then
+        sends are stored again, so order is kept."""
+        client, link = self.harness.online()
+        client.on_text(send_frame("c-1"))
+        self.harness.inbox.appends[0][1].errback(RedisUnavailable("redis down"))
+        client.on_text(send_frame("c-2"))
+        self.assertEqual(len(self.harness.inbox.appends), 1)
+        refusal = link.of_type("error")[-1]
+        self.assertEqual(
+            (refusal["code"], refusal["retry"], refusal["id"]),
+            ("resend_earlier", True, "c-2"),
+        )
+
+        client.on_text(send_frame("c-1"))
+        client.on_text(send_frame("c-2"))
+        stored = [args[2] for args, _ in self.harness.inbox.appends]
+        self.assertEqual(stored, ["c-1", "c-1", "c-2"])
+
+    def test_sends_already_under_way_when_one_fails_are_not_blocked(self) -> None:
+        """Sends issued before the failure are answered as Redis answers them;
+        the first failure is the one that must come again."""
+        client, link = self.harness.online()
+        client.on_text(send_frame("c-1"))
+        client.on_text(send_frame("c-2"))
+        self.harness.inbox.appends[0][1].errback(RedisUnavailable("redis down"))
+        self.harness.inbox.appends[1][1].errback(RedisUnavailable("redis down"))
+        client.on_text(send_frame("c-2"))
+        self.assertEqual(link.of_type("error")[-1]["code"], "resend_earlier")
+        client.on_text(send_frame("c-1"))
+        self.assertEqual(len(self.harness.inbox.appends), 3)
+
     def test_unexpected_append_failure_is_internal_and_retryable(self) -> None:
         """A send that failed for another reason is ``internal``, retry true, and
         the failure is logged with its traceback."""
