@@ -7,9 +7,10 @@ sockets.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.logger import Logger
 
 from wsha import wire
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from wsha.gateway import Gateway
 
 MAX_EARLY_FRAMES = 256
+# Sends waiting for the one being stored; past this a send is refused (busy).
+MAX_QUEUED_SENDS = 1000
 """Frames a client may send before its session is claimed; more is a policy close."""
 
 
@@ -64,6 +67,8 @@ class ClientSession:
         # The client id of the first send that failed, which must come again
         # before any later send of this connection is stored.
         self._resend_first: str | None = None
+        self._queued_sends: deque[wire.Send] = deque()
+        self._storing = False
 
     @inlineCallbacks
     def start(self) -> Any:
@@ -179,9 +184,40 @@ class ClientSession:
             self.gateway.release(self)
 
     def _send(self, frame: wire.Send) -> None:
-        # Sends of one connection are stored in the order they came. After one
-        # fails (retryably), later ones are refused until it is sent again, so
-        # a client that resends in order never has a later message overtake it.
+        # Sends of one connection are stored one after another, in the order
+        # they came: a later one could otherwise succeed while an earlier one
+        # fails and is retried after it.
+        if len(self._queued_sends) >= MAX_QUEUED_SENDS:
+            self._refuse(
+                frame, wire.error_frame("busy", "too many sends queued", frame.id)
+            )
+            return
+        self._queued_sends.append(frame)
+        if not self._storing:
+            self._store_queued()
+
+    def _store_queued(self) -> None:
+        # A loop, not recursion: many sends may complete at once (refused).
+        while self._queued_sends and not self.closed:
+            d = self._store(self._queued_sends.popleft())
+            if not d.called:
+                self._storing = True
+                d.addBoth(self._stored_one)
+                return
+
+    def _stored_one(self, _: Any) -> None:
+        self._storing = False
+        self._store_queued()
+
+    def _refuse(self, frame: wire.Send, error: dict[str, Any]) -> None:
+        # Not stored: it must come again before any later send is stored.
+        if self._resend_first is None:
+            self._resend_first = frame.id
+        self._reply(error)
+
+    def _store(self, frame: wire.Send) -> Deferred[None]:
+        # After a send failed (retryably), later ones are refused until it is
+        # sent again, so a client that resends in order keeps its order.
         if self._resend_first is not None:
             if frame.id != self._resend_first:
                 self._reply(
@@ -191,7 +227,7 @@ class ClientSession:
                         frame.id,
                     )
                 )
-                return
+                return succeed(None)
             self._resend_first = None
         d = self.gateway.submit(
             self.user, frame.to, frame.id, wire.encode_body(frame.body)
@@ -228,7 +264,7 @@ class ClientSession:
             )
             self._reply(wire.error_frame("internal", "message not stored", frame.id))
 
-        d.addCallbacks(stored, failed)
+        return d.addCallbacks(stored, failed)
 
     def _reply(self, frame: dict[str, Any]) -> None:
         if not self.closed:

@@ -9,7 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.unit.fakes import GatewayHarness, appended, make_claim, make_entry
 from wsha import wire
-from wsha.client_session import MAX_EARLY_FRAMES
+from wsha.client_session import MAX_EARLY_FRAMES, MAX_QUEUED_SENDS
 from wsha.services.redis_service import RedisUnavailable
 
 
@@ -145,7 +145,7 @@ class ClientSessionTests(SynchronousTestCase):
     def test_sends_after_a_failed_one_wait_until_it_comes_again(self) -> None:
         """After a send fails, later sends of the connection are refused with
         resend_earlier (retryable) until the failed id is sent again; then
-        sends are stored again, so order is kept."""
+        sends are stored again, in order."""
         client, link = self.harness.online()
         client.on_text(send_frame("c-1"))
         self.harness.inbox.appends[0][1].errback(RedisUnavailable("redis down"))
@@ -159,21 +159,30 @@ class ClientSessionTests(SynchronousTestCase):
 
         client.on_text(send_frame("c-1"))
         client.on_text(send_frame("c-2"))
+        self.harness.inbox.appends[1][1].callback(appended("1-0"))
         stored = [args[2] for args, _ in self.harness.inbox.appends]
         self.assertEqual(stored, ["c-1", "c-1", "c-2"])
 
-    def test_sends_already_under_way_when_one_fails_are_not_blocked(self) -> None:
-        """Sends issued before the failure are answered as Redis answers them;
-        the first failure is the one that must come again."""
+    def test_sends_are_stored_one_at_a_time_in_order(self) -> None:
+        """A send is not started before the one ahead of it is answered, so
+        when that one fails the later one is refused instead of overtaking it."""
         client, link = self.harness.online()
         client.on_text(send_frame("c-1"))
         client.on_text(send_frame("c-2"))
+        self.assertEqual(len(self.harness.inbox.appends), 1)
         self.harness.inbox.appends[0][1].errback(RedisUnavailable("redis down"))
-        self.harness.inbox.appends[1][1].errback(RedisUnavailable("redis down"))
-        client.on_text(send_frame("c-2"))
-        self.assertEqual(link.of_type("error")[-1]["code"], "resend_earlier")
-        client.on_text(send_frame("c-1"))
-        self.assertEqual(len(self.harness.inbox.appends), 3)
+        self.assertEqual(len(self.harness.inbox.appends), 1)
+        codes = [(f["code"], f["id"]) for f in link.of_type("error")]
+        self.assertEqual(codes, [("unavailable", "c-1"), ("resend_earlier", "c-2")])
+
+    def test_too_many_queued_sends_are_refused_as_busy(self) -> None:
+        """Past the queue bound a send is refused (busy, retryable), not buffered."""
+        client, link = self.harness.online()
+        for i in range(MAX_QUEUED_SENDS + 2):
+            client.on_text(send_frame(f"c-{i}"))
+        busy = [f for f in link.of_type("error") if f["code"] == "busy"]
+        self.assertEqual(len(busy), 1)
+        self.assertTrue(busy[0]["retry"])
 
     def test_unexpected_append_failure_is_internal_and_retryable(self) -> None:
         """A send that failed for another reason is ``internal``, retry true, and
