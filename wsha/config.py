@@ -59,6 +59,12 @@ class NodeConfig:
         7 * 24 * 3600, "Seconds session state lives after its last connect or ack."
     )
     redis_timeout: float = setting(5.0, "Seconds to wait for Redis to connect/answer.")
+    redis_min_replicas: int = setting(
+        0, "Replicas that must confirm a message before it is acked (Sentinel: 1)."
+    )
+    redis_replica_wait_ms: int = setting(
+        500, "Milliseconds to wait for those replicas; then the send is retryable."
+    )
     redis_health_interval: float = setting(
         1.0, "Seconds between Redis health PINGs (an outage is noticed this fast)."
     )
@@ -113,6 +119,10 @@ class NodeConfig:
         for name in ("redis_timeout", "redis_health_interval", "redis_reconnect_max"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.replace('_', '-')} must be positive")
+        if self.redis_min_replicas < 0 or self.redis_replica_wait_ms <= 0:
+            raise ValueError(
+                "redis-min-replicas must be >= 0 and redis-replica-wait-ms > 0"
+            )
         if self.accept_rate < 0:
             raise ValueError("accept-rate must not be negative")
         if self.accept_burst < 1:

@@ -9,6 +9,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 
 from wsha import keys
 from wsha.lua import load
+from wsha.services.redis_service import RedisUnavailable
 
 
 class RedisCommands(Protocol):
@@ -52,18 +53,60 @@ class InboxLimits:
     dedupe_ttl_seconds: int = 24 * 3600
 
 
+@dataclass(frozen=True)
+class Durability:
+    """How many replicas must hold a message before it is acknowledged or delivered.
+
+    Redis replicates asynchronously: a master that fails over (or is demoted
+    by Sentinel while clients still write to it) loses what its replica had
+    not received. With ``replicas`` set, an append is acknowledged, and an
+    entry delivered, only once that many replicas confirmed it (``WAIT``);
+    otherwise the client gets a retryable error and sends again, and the
+    delivery pump reads again, on whichever server is then the master.
+
+    :param replicas: replicas that must confirm; 0 trusts the master alone.
+    :param wait_ms: how long to wait for them before giving up (retryably).
+    """
+
+    replicas: int = 0
+    wait_ms: int = 500
+
+
 class InboxStore:
     """Appends to and reads from users' inboxes (Redis Streams).
 
     :param redis: a connected txredisapi connection or pool.
     :param limits: length and lifetime bounds of every inbox.
+    :param durability: replicas that must confirm a message before it counts.
     """
 
     _append_script = load("append")
 
-    def __init__(self, redis: RedisCommands, limits: InboxLimits):
+    def __init__(
+        self,
+        redis: RedisCommands,
+        limits: InboxLimits,
+        durability: Durability = Durability(),
+    ):
         self._redis = redis
         self.limits = limits
+        self.durability = durability
+
+    @inlineCallbacks
+    def _confirm_replicated(self) -> Any:
+        # WAIT covers every write this connection made before it, which
+        # includes the entries just appended or read.
+        wanted = self.durability.replicas
+        if wanted <= 0:
+            return
+        confirmed = yield self._redis.execute_command(
+            "WAIT", wanted, self.durability.wait_ms
+        )
+        if int(confirmed) < wanted:
+            raise RedisUnavailable(
+                f"{confirmed} of {wanted} replicas confirmed within "
+                f"{self.durability.wait_ms} ms"
+            )
 
     @inlineCallbacks
     def append(
@@ -90,6 +133,7 @@ class InboxStore:
             ],
         )
         entry_id, duplicate, nodes = reply
+        yield self._confirm_replicated()
         return AppendResult(str(entry_id), bool(int(duplicate)), frozenset(nodes or ()))
 
     @inlineCallbacks
@@ -98,6 +142,9 @@ class InboxStore:
         reply = yield self._redis.execute_command(
             "XRANGE", keys.inbox(user), "(" + after, "+", "COUNT", count
         )
+        if reply:
+            # Never deliver what a failover could still take back.
+            yield self._confirm_replicated()
         return [parse_entry(raw) for raw in reply or ()]
 
 

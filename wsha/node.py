@@ -12,7 +12,7 @@ from wsha.auth import TokenVerifier
 from wsha.config import NodeConfig
 from wsha.control import control_site
 from wsha.gateway import Gateway
-from wsha.inbox import InboxLimits, InboxStore
+from wsha.inbox import Durability, InboxLimits, InboxStore
 from wsha.nodes import READY, NodeStore
 from wsha.protocols.websocket import WS_PATH, GatewayServerFactory
 from wsha.reaper import DeadNodeReaper
@@ -90,6 +90,7 @@ class GatewayNode(OrderedMultiService):
                 InboxLimits(
                     config.inbox_max_length, config.inbox_ttl, config.dedupe_ttl
                 ),
+                Durability(config.redis_min_replicas, config.redis_replica_wait_ms),
             ),
             sessions,
             self.bus,
