@@ -169,6 +169,17 @@ class Traffic:
             set(self._by_name[u.partner].received) >= u.accepted for u in self.users
         )
 
+    def accepted_so_far(self) -> dict[str, set[int]]:
+        """Each user's accepted seqs now, for :meth:`delivered_all`."""
+        return {u.user: set(u.accepted) for u in self.users}
+
+    def delivered_all(self, snapshot: dict[str, set[int]]) -> bool:
+        """True once every message in ``snapshot`` reached its recipient."""
+        return all(
+            set(self._by_name[u.partner].received) >= snapshot[u.user]
+            for u in self.users
+        )
+
     def resumed_since(self, moment: float) -> bool:
         """True if every user that lost its link after ``moment`` is welcomed again."""
         for u in self.users:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
 
 from tests.integration.conftest import RUN_DIR
 from tests.integration.lb import LocalHAProxy, running_haproxy
-from tests.integration.owned import OwnedService
+from tests.integration.owned import OwnedService, SentinelSet, start_sentinels
 from wsha.auth import mint_token
 from wsha.localcluster import LocalNode
 
@@ -64,8 +65,10 @@ class FaultCluster:
     nodes: list[LocalNode]
     balancer: LocalHAProxy
     secret: str
-    redis: OwnedService
+    redis_url: str
     kafka: OwnedService
+    redis: OwnedService | None = None
+    sentinels: SentinelSet | None = None
 
     def token(self, user: str) -> str:
         """A valid token for ``user``."""
@@ -75,7 +78,7 @@ class FaultCluster:
         """Start one more node, wait until ready and put it behind the balancer."""
         node = LocalNode(
             f"fault-{secrets.token_hex(3)}",
-            f"redis://{self.redis.address}/0",
+            self.redis_url,
             self.kafka.address,
             self.secret,
             RUN_DIR,
@@ -89,19 +92,49 @@ class FaultCluster:
         return node
 
 
-@pytest.fixture
-def fault_cluster(
-    fault_redis: OwnedService, fault_kafka: OwnedService
+@contextmanager
+def three_nodes(
+    redis_url: str,
+    kafka: OwnedService,
+    redis: OwnedService | None = None,
+    extra: list[str] | None = None,
 ) -> Iterator[FaultCluster]:
-    """Three fresh nodes behind a fresh HAProxy; all stopped after the case."""
+    """Three fresh nodes behind a fresh HAProxy; all stopped on exit."""
     with running_haproxy() as balancer:
         cluster = FaultCluster(
-            [], balancer, secrets.token_urlsafe(32), fault_redis, fault_kafka
+            [], balancer, secrets.token_urlsafe(32), redis_url, kafka, redis
         )
         try:
             for _ in range(3):
-                cluster.start_node()
+                cluster.start_node(extra)
             yield cluster
         finally:
             for node in cluster.nodes:
                 node.kill()
+
+
+@pytest.fixture
+def fault_cluster(
+    fault_redis: OwnedService, fault_kafka: OwnedService
+) -> Iterator[FaultCluster]:
+    """Three nodes on the suite's own Redis and Kafka, behind HAProxy."""
+    with three_nodes(
+        f"redis://{fault_redis.address}/0", fault_kafka, fault_redis
+    ) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def sentinel_cluster(fault_kafka: OwnedService) -> Iterator[FaultCluster]:
+    """Three nodes that find Redis through a Sentinel set, behind HAProxy."""
+    sentinels = start_sentinels()
+    try:
+        # A message counts once the replica has it, so a failover cannot
+        # take back what was acknowledged or delivered.
+        with three_nodes(
+            sentinels.url, fault_kafka, extra=["--redis-min-replicas=1"]
+        ) as cluster:
+            cluster.sentinels = sentinels
+            yield cluster
+    finally:
+        sentinels.run("stop")

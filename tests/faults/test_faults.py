@@ -69,6 +69,15 @@ def run_case(cluster: FaultCluster, name: str, fault: Any, settle: float = 90) -
         yield fault(traffic)
         yield wait_for(lambda: traffic.resumed_since(moment), 120, "clients resumed")
         resumed_at = time.monotonic() - moment
+        # Everything accepted up to now, the fault's time included, must arrive.
+        ended = time.monotonic()
+        snapshot = traffic.accepted_so_far()
+        try:
+            yield wait_for(lambda: traffic.delivered_all(snapshot), settle, "catch-up")
+        except AssertionError:
+            print(f"\n[{name}] not caught up: {traffic.report()}")
+            raise
+        caught_up = time.monotonic() - ended
 
         yield wait_for(
             lambda: traffic.report().accepted > 2 * USERS, 30, "more traffic"
@@ -86,7 +95,8 @@ def run_case(cluster: FaultCluster, name: str, fault: Any, settle: float = 90) -
             f"duplicated {report.duplicated + report.server_duplicates} "
             f"reordered {report.reordered}; {len(times)} clients reconnected, "
             f"resumed p50 {percentile(times, 0.5):.2f}s "
-            f"p99 {percentile(times, 0.99):.2f}s, all resumed in {resumed_at:.2f}s"
+            f"p99 {percentile(times, 0.99):.2f}s, all resumed {resumed_at:.2f}s "
+            f"after the fault began; delivery caught up {caught_up:.2f}s after it"
         )
         assert report.clean, report
         assert report.delivered == report.accepted
@@ -114,6 +124,7 @@ def test_redis_frozen_longer_than_its_timeouts(fault_cluster: FaultCluster) -> A
     """Redis stops answering (SIGSTOP) for longer than the nodes' Redis timeout:
     links stay open, sends are refused as retryable and retried, and
     everything catches up by itself once Redis answers again."""
+    assert fault_cluster.redis is not None
     pid = fault_cluster.redis.pid()
 
     @defer.inlineCallbacks
@@ -125,6 +136,19 @@ def test_redis_frozen_longer_than_its_timeouts(fault_cluster: FaultCluster) -> A
             os.kill(pid, signal.SIGCONT)
 
     yield run_case(fault_cluster, "Redis frozen 5s", freeze)
+
+
+@pytest_twisted.inlineCallbacks
+def test_redis_failed_over_through_sentinel(sentinel_cluster: FaultCluster) -> Any:
+    """Sentinel promotes the replica while traffic flows: the nodes follow the
+    new master without a restart, and nothing accepted is lost."""
+    sentinels = sentinel_cluster.sentinels
+    assert sentinels is not None
+
+    def failover(traffic: Traffic) -> Any:
+        return deferToThread(sentinels.run, "failover")
+
+    yield run_case(sentinel_cluster, "Redis Sentinel failover", failover)
 
 
 @pytest_twisted.inlineCallbacks

@@ -4,6 +4,7 @@ at will, never the shared ones other tests use."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,3 +59,56 @@ class OwnedService:
     def address(self) -> str:
         """``127.0.0.1:<port>``."""
         return f"127.0.0.1:{self.port}"
+
+
+def ports_free(base: int, count: int) -> bool:
+    for port in range(base, base + count):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+@dataclass
+class SentinelSet:
+    """A Sentinel set run by ``scripts/redis-sentinel`` on ``base``..``base+4``."""
+
+    base: int
+
+    def run(self, action: str) -> str:
+        """Run the script with ``action``; return its output, raise on failure."""
+        env = dict(os.environ, WSHA_SENTINEL_BASE_PORT=str(self.base))
+        done = subprocess.run(
+            [str(REPO / "scripts" / "redis-sentinel"), action],
+            cwd=REPO,
+            env=env,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"redis-sentinel {action}: {done.stderr}{done.stdout}")
+        return done.stdout.strip()
+
+    @property
+    def url(self) -> str:
+        """The node's ``--redis`` URL for this set."""
+        hosts = ",".join(f"127.0.0.1:{self.base + i}" for i in (2, 3, 4))
+        return f"sentinel://{hosts}/wsha/0"
+
+    def master_port(self) -> int:
+        """The current master's port, as the sentinels say."""
+        return int(self.run("master").rpartition(":")[2])
+
+
+def start_sentinels() -> SentinelSet:
+    """A started Sentinel set on five free consecutive ports."""
+    base = free_port()
+    while not ports_free(base, 5):
+        base = free_port()
+    running = SentinelSet(base)
+    running.run("start")
+    return running

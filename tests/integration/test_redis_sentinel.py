@@ -9,11 +9,8 @@ node may still be writing to the old one.
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -22,62 +19,18 @@ from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 
 from tests.integration.conftest import Cluster, Services, start_nodes
-from tests.integration.owned import REPO
+from tests.integration.owned import SentinelSet, start_sentinels
 from tests.integration.support import wait_for, within
 from tests.integration.test_delivery import users
 from tests.integration.test_redis_outage import FAST, new_client
 from wsha import keys
 from wsha.client import GatewayClient
-from wsha.localcluster import free_port
 
 # Seconds from the start of a failover until sends reach the new master.
 # Requested: Sentinel's own switch (~1 s) plus one health round of the node.
 # Crash: the sentinels' down-after (1 s), their vote and switch, the same.
 REQUESTED_BOUND = 10.0
 CRASH_BOUND = 15.0
-
-
-def _ports_free(base: int, count: int) -> bool:
-    for port in range(base, base + count):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
-
-
-@dataclass
-class SentinelSet:
-    """A Sentinel set run by ``scripts/redis-sentinel`` on ``base``..``base+4``."""
-
-    base: int
-
-    def run(self, action: str) -> str:
-        """Run the script with ``action``; return its output, raise on failure."""
-        env = dict(os.environ, WSHA_SENTINEL_BASE_PORT=str(self.base))
-        done = subprocess.run(
-            [str(REPO / "scripts" / "redis-sentinel"), action],
-            cwd=REPO,
-            env=env,
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"redis-sentinel {action}: {done.stderr}{done.stdout}")
-        return done.stdout.strip()
-
-    @property
-    def url(self) -> str:
-        """The node's ``--redis`` URL for this set."""
-        hosts = ",".join(f"127.0.0.1:{self.base + i}" for i in (2, 3, 4))
-        return f"sentinel://{hosts}/wsha/0"
-
-    def master_port(self) -> int:
-        """The current master's port, as the sentinels say."""
-        return int(self.run("master").rpartition(":")[2])
 
 
 def inbox_ids(port: int, user: str) -> list[str]:
@@ -96,11 +49,7 @@ def inbox_ids(port: int, user: str) -> list[str]:
 @pytest.fixture(scope="module")
 def sentinels() -> Iterator[SentinelSet]:
     """A Sentinel set of this module's own."""
-    base = free_port()
-    while not _ports_free(base, 5):
-        base = free_port()
-    running = SentinelSet(base)
-    running.run("start")
+    running = start_sentinels()
     yield running
     running.run("stop")
 
