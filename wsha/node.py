@@ -41,6 +41,7 @@ class GatewayNode(OrderedMultiService):
     def __init__(self, config: NodeConfig, reactor: Any):
         super().__init__()
         config.check()
+        self._reactor = reactor
         self.config = config
         self.node_id = config.node_id
 
@@ -156,8 +157,19 @@ class GatewayNode(OrderedMultiService):
 
     @inlineCallbacks
     def startService(self) -> Any:
-        """Start every child in order, then say where the node serves."""
-        yield super().startService()
+        """Start every child in order, then say where the node serves.
+
+        A node that cannot start (its port taken, say) stops its process
+        instead of running on, healthy-looking but serving no one.
+        """
+        try:
+            yield super().startService()
+        except Exception:
+            self.log.failure("Node {node} could not start; stopping", node=self.node_id)
+            # The one place outside the entry point that stops the reactor:
+            # twistd offers no other way for a service to end the process.
+            self._reactor.stop()
+            return
         self.registry.state = READY
         yield self.registry.beat()
         assert self.websocket.port is not None and self.control.port is not None

@@ -113,3 +113,28 @@ def test_tac_file_builds_a_working_node(services: Services, cluster: Cluster) ->
     # clean stop exits with -SIGTERM; a hung one would be SIGKILLed (-9).
     assert code in (0, -signal.SIGTERM), tac_node.log_tail()
     assert "Server Shut Down" in tac_node.log_tail()
+
+
+def test_node_whose_port_is_taken_exits(services: Services) -> None:
+    """A node that cannot listen on its WebSocket port stops its process
+    instead of running on without serving."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        node = LocalNode(
+            "it-taken-port",
+            services.redis_url,
+            services.kafka,
+            "a-secret-long-enough-for-hs256-keys!",
+            RUN_DIR,
+            ws_port=taken.getsockname()[1],
+        )
+        node.start()
+        try:
+            assert node.process is not None
+            node.process.wait(60)
+        finally:
+            node.kill()
+    assert "could not start" in node.log_tail(80)
