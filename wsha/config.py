@@ -162,7 +162,10 @@ class NodeConfig:
         path = environ.get("WSHA_CONFIG_FILE")
         if path:
             with open(path, encoding="utf-8") as config_file:
-                values.update(json.load(config_file))
+                loaded = json.load(config_file)
+            if not isinstance(loaded, dict):
+                raise ValueError(f"{path}: the config file must hold a JSON object")
+            values.update(loaded)
         for setting in fields(cls):
             name = f"WSHA_{setting.name.upper()}"
             if name in environ:

@@ -144,12 +144,18 @@ class SendCommand(Guarded):
 
         to = command.get("to")
         sender = command.get("from", "server")
-        client_id = command.get("id") or uuid.uuid4().hex
+        # Only a missing id gets a random one: 0, "" or null are mistakes,
+        # and a replaced id would make a retried send a second message.
+        client_id = command["id"] if "id" in command else uuid.uuid4().hex
         if not isinstance(to, str) or not wire.is_valid_user_id(to):
             return _error(request, 400, "bad_recipient", "'to' must be a valid user id")
         if not isinstance(sender, str) or not wire.is_valid_user_id(sender):
             return _error(request, 400, "bad_frame", "'from' must be a valid user id")
-        if not isinstance(client_id, str) or len(client_id) > wire.MAX_ID_LENGTH:
+        if (
+            not isinstance(client_id, str)
+            or not client_id
+            or len(client_id) > wire.MAX_ID_LENGTH
+        ):
             return _error(
                 request, 400, "bad_frame", "'id' must be a string of 1-128 chars"
             )
@@ -193,6 +199,8 @@ class _UserResource(Guarded):
         self._user = user
 
     def render_GET(self, request: IRequest) -> Any:
+        if request.postpath and request.postpath != [b""]:
+            return _error(request, 404, "not_found", "no such resource")
         if not wire.is_valid_user_id(self._user):
             return _error(request, 400, "bad_recipient", "not a valid user id")
 

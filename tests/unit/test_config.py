@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from twisted.trial.unittest import SynchronousTestCase
 
 from wsha.config import NodeConfig
 
@@ -144,3 +145,16 @@ def test_check_accepts_a_sentinel_url_and_no_admission_limit() -> None:
     good(
         redis="sentinel://127.0.0.1:26379,127.0.0.1:26380/wsha/0", accept_rate=0
     ).check()
+
+
+class ConfigFileShapeTests(SynchronousTestCase):
+    """A config file that is JSON but not an object is refused clearly."""
+
+    def test_non_object_file_is_a_value_error(self) -> None:
+        """A list in the file raises ValueError naming the file, not a TypeError."""
+        path = self.mktemp()
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("[1, 2]")
+        with self.assertRaises(ValueError) as raised:
+            NodeConfig.from_environment({"WSHA_CONFIG_FILE": path})
+        self.assertIn("JSON object", str(raised.exception))

@@ -103,6 +103,9 @@ class ControlTests(SynchronousTestCase):
             ({"to": "b b", "body": 1}, 400, "bad_recipient"),
             ({"to": "bob", "from": "a b", "body": 1}, 400, "bad_frame"),
             ({"to": "bob", "id": 7, "body": 1}, 400, "bad_frame"),
+            ({"to": "bob", "id": 0, "body": 1}, 400, "bad_frame"),
+            ({"to": "bob", "id": "", "body": 1}, 400, "bad_frame"),
+            ({"to": "bob", "id": None, "body": 1}, 400, "bad_frame"),
             ({"to": "bob", "id": "x" * 129, "body": 1}, 400, "bad_frame"),
             ({"to": "bob"}, 400, "bad_frame"),
             ({"to": "bob", "body": "x" * 200}, 413, "body_too_big"),
@@ -191,6 +194,12 @@ class ControlTests(SynchronousTestCase):
         """A user id that is not valid answers 400 without asking the registry."""
         request = self.request(b"GET", b"/v1/users/a b")
         self.assertEqual(self.answer(request)[0], 400)
+        self.assertEqual(self.harness.registry.lookups, [])
+
+    def test_user_lookup_with_extra_path_is_not_found(self) -> None:
+        """``/v1/users/{id}/anything`` is a 404, not the user."""
+        request = self.request(b"GET", b"/v1/users/bob/sessions")
+        self.assertEqual(self.answer(request)[0], 404)
         self.assertEqual(self.harness.registry.lookups, [])
 
     def test_answer_to_a_gone_client_is_not_written(self) -> None:
