@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from wsha import __version__
 from wsha.nodes import REAPED, RESTORED, STARTING, NodeRecord, NodeStore
 from wsha.reaper import DeadNodeReaper
+from wsha.services.redis_service import RedisUnavailable
 
 Describe = Callable[[], tuple[str, str, int]]
 """Returns this node's (WebSocket URL, control URL, live sessions) right now."""
@@ -168,9 +169,9 @@ class NodeRegistryService(service.Service):
             )
         except Exception as e:
             self._healthy_since = None
-            self.log.warn(
-                "Heartbeat of {node} failed: {error}", node=self.node_id, error=str(e)
-            )
+            # A Redis outage is logged once by the Redis service; not every beat.
+            emit = self.log.debug if isinstance(e, RedisUnavailable) else self.log.warn
+            emit("Heartbeat of {node} failed: {error}", node=self.node_id, error=str(e))
             return
         self.registered = True
         now = self._clock.seconds()
@@ -205,7 +206,8 @@ class NodeRegistryService(service.Service):
         try:
             yield self.reaper.scan(may_reap=self.healthy_for() >= self.timing.ttl)
         except Exception as e:
-            self.log.warn("Scan for dead nodes failed: {error}", error=str(e))
+            emit = self.log.debug if isinstance(e, RedisUnavailable) else self.log.warn
+            emit("Scan for dead nodes failed: {error}", error=str(e))
 
     @inlineCallbacks
     def listing(self) -> Any:
