@@ -138,12 +138,23 @@ class ClientSession:
         if isinstance(frame, wire.Send):
             self._send(frame)
         elif isinstance(frame, wire.Ack):
-            self.gateway.acknowledge(self, frame.upto)
+            self._acknowledge(frame.upto)
         else:
             pong: dict[str, Any] = {"type": "pong"}
             if frame.id is not None:
                 pong["id"] = frame.id
             self._reply(pong)
+
+    def _acknowledge(self, upto: str) -> None:
+        # The stored cursor is what a device that lost its own resumes from:
+        # one past what was delivered would silently skip messages.
+        sent = self.delivery.last_sent if self.delivery is not None else "0-0"
+        if wire.stream_id_key(upto) > wire.stream_id_key(sent):
+            self._reply(
+                wire.error_frame("bad_frame", "ack beyond the last message delivered")
+            )
+            return
+        self.gateway.acknowledge(self, upto)
 
     def on_binary(self) -> None:
         """Answer a binary frame, which the contract does not use."""

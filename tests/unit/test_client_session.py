@@ -222,8 +222,18 @@ class ClientSessionTests(SynchronousTestCase):
     def test_ack_frame_advances_cursor_with_epoch(self) -> None:
         """An ack frame is recorded in the registry under the session's epoch."""
         client, _ = self.harness.online(epoch=4)
+        self.harness.inbox.reads[-1][1].callback([make_entry("10-2", {"n": 1})])
         client.on_text('{"type": "ack", "upto": "10-2"}')
         self.assertEqual(self.harness.registry.acks, [("alice", "phone", "4", "10-2")])
+
+    def test_ack_beyond_what_was_delivered_is_refused(self) -> None:
+        """An ack past the last delivered message is an error and moves nothing:
+        a stored cursor beyond it would make a later resume skip messages."""
+        client, link = self.harness.online(epoch=4)
+        self.harness.inbox.reads[-1][1].callback([make_entry("10-2", {"n": 1})])
+        client.on_text('{"type": "ack", "upto": "11-0"}')
+        self.assertEqual(self.harness.registry.acks, [])
+        self.assertEqual(link.of_type("error")[-1]["code"], "bad_frame")
 
     def test_failed_claim_closes_with_try_later(self) -> None:
         """If the session store cannot claim, the connection closes with 1013."""
