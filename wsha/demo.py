@@ -113,7 +113,10 @@ def exchange(
         )
         if seq % 10 == 9:
             yield task.deferLater(reactor, 10 / rate, lambda: None)
-    yield defer.gatherResults(acks)
+    acked = yield wait_until(reactor, lambda: all(d.called for d in acks), 60)
+    if not acked:
+        unanswered = sum(1 for d in acks if not d.called)
+        print(f"\n{unanswered} of {count} sends still unacknowledged after 60 s")
     yield wait_until(reactor, lambda: len(set(receipts.seqs)) >= count, 30)
     # Give a duplicate, if the gateway were to send one, the time to show up.
     yield wait_until(reactor, lambda: False, 0.5)
