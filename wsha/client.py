@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import random
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -115,6 +115,8 @@ class GatewayClient:
     :param after: the last inbox id this device saw in an earlier life.
     :param max_pending: the most unacknowledged sends kept; past it ``send``
         fails at once with ``queue_full`` instead of buffering without bound.
+    :param max_in_flight: the most sends written and not yet answered; the
+        rest wait in order in the client.
 
     Hooks the application may set: ``on_welcome(frame)`` after each (re)connect;
     ``on_resync(frame)`` when a resume could not be honoured because messages
@@ -141,6 +143,7 @@ class GatewayClient:
         ping_timeout: float = 5.0,
         rng: random.Random | None = None,
         max_pending: int = 10_000,
+        max_in_flight: int = 256,
     ):
         self._reactor = reactor
         self.url = url
@@ -158,6 +161,9 @@ class GatewayClient:
         self.stats = ClientStats()
         self.welcome: dict[str, Any] | None = None
         self.max_pending = max_pending
+        self.max_in_flight = max_in_flight
+        self._unwritten: deque[str] = deque()
+        self._written: set[str] = set()
         self.on_welcome: Callable[[dict[str, Any]], None] | None = None
         self.on_resync: Callable[[dict[str, Any]], None] | None = None
         self.on_disconnected: Callable[[int | None, str | None], None] | None = None
@@ -219,9 +225,8 @@ class GatewayClient:
             d.errback(SendRejected("queue_full", "too many unacknowledged sends"))
             return d
         self._pending[frame["id"]] = (frame, d)
-        if self.welcome is not None and self._link is not None:
-            if self._resend_call is None:
-                self._write(self._link, frame)
+        self._unwritten.append(frame["id"])
+        self._pump()
         return d
 
     def when_connected(self) -> Deferred[dict[str, Any]]:
@@ -335,7 +340,9 @@ class GatewayClient:
             entry = self._pending.pop(frame.get("id", ""), None)
             if entry is not None:
                 self.send_backoff.reset()
+                self._written.discard(entry[0]["id"])
                 entry[1].callback(frame)
+                self._pump()
         elif kind == "error":
             self._error(frame)
 
@@ -345,9 +352,7 @@ class GatewayClient:
         if self._resend_call is not None and self._resend_call.active():
             self._resend_call.cancel()
         self._resend_call = None
-        for frame_to_send, _ in list(self._pending.values()):
-            self.stats.resends += 1
-            self._write(link, frame_to_send)
+        self._send_all_again()
         if self.on_welcome is not None:
             self.on_welcome(frame)
         if frame.get("truncated") and self.on_resync is not None:
@@ -387,7 +392,9 @@ class GatewayClient:
             self._hold_sends()
             return
         _, d = self._pending.pop(client_id)
+        self._written.discard(client_id)
         d.errback(SendRejected(str(frame.get("code")), str(frame.get("message"))))
+        self._pump()
 
     def _hold_sends(self) -> None:
         if self._resend_call is None:
@@ -398,9 +405,31 @@ class GatewayClient:
         self._resend_call = None
         if self._link is None or self.welcome is None:
             return  # the next welcome resends them
-        for frame, _ in list(self._pending.values()):
-            self.stats.resends += 1
-            self._write(self._link, frame)
+        self._send_all_again()
+
+    def _send_all_again(self) -> None:
+        # Everything unacknowledged goes again, oldest first.
+        self.stats.resends += len(self._written)
+        self._written.clear()
+        self._unwritten = deque(self._pending)
+        self._pump()
+
+    def _pump(self) -> None:
+        """Write unwritten sends in order while fewer than ``max_in_flight`` are
+        written and unanswered on this link (the gateway queues a bounded
+        number per connection)."""
+        link = self._link
+        if link is None or self.welcome is None or self._resend_call is not None:
+            return
+        while self._unwritten and len(self._written) < self.max_in_flight:
+            client_id = self._unwritten.popleft()
+            entry = self._pending.get(client_id)
+            if entry is None or client_id in self._written:
+                continue
+            if not self._write(link, entry[0]):
+                self._unwritten.appendleft(client_id)
+                return
+            self._written.add(client_id)
 
     def _flush_ack(self) -> None:
         self._ack_call = None

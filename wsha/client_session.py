@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from wsha.gateway import Gateway
 
 MAX_EARLY_FRAMES = 256
-# Sends waiting for the one being stored; past this a send is refused (busy).
+# Sends waiting for the one being stored; past this the link closes with 1013.
 MAX_QUEUED_SENDS = 1000
 """Frames a client may send before its session is claimed; more is a policy close."""
 
@@ -199,9 +199,10 @@ class ClientSession:
         # they came: a later one could otherwise succeed while an earlier one
         # fails and is retried after it.
         if len(self._queued_sends) >= MAX_QUEUED_SENDS:
-            self._refuse(
-                frame, wire.error_frame("busy", "too many sends queued", frame.id)
-            )
+            # Refusing this one alone would let it be overtaken by those queued
+            # ahead of it being refused later; closing keeps the order: the
+            # client resends everything unacknowledged, oldest first.
+            self.link.close(wire.CLOSE_TRY_LATER, "too many sends in flight")
             return
         self._queued_sends.append(frame)
         if not self._storing:
@@ -219,12 +220,6 @@ class ClientSession:
     def _stored_one(self, _: Any) -> None:
         self._storing = False
         self._store_queued()
-
-    def _refuse(self, frame: wire.Send, error: dict[str, Any]) -> None:
-        # Not stored: it must come again before any later send is stored.
-        if self._resend_first is None:
-            self._resend_first = frame.id
-        self._reply(error)
 
     def _store(self, frame: wire.Send) -> Deferred[None]:
         # After a send failed (retryably), later ones are refused until it is

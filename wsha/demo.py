@@ -70,7 +70,9 @@ class Receipts:
             "out_of_order": reordered,
             "replayed_on_reconnect": self.replayed,
             "reconnect_ms": reconnect_ms,
-            "reconnect_to_first_replayed_ms": replay_ms,
+            # The first message after the reconnect: a replayed one when any
+            # was missed (replayed_on_reconnect > 0), else the next live one.
+            "reconnect_to_first_message_ms": replay_ms,
         }
 
 
@@ -212,18 +214,29 @@ def main(argv: list[str] | None = None) -> int:
             node.start()
         for node in nodes:
             node.wait_ready()
-        # react() runs the reactor, then exits the process with the verdict.
-        task.react(lambda reactor: _react(reactor, nodes, secret, args))
+        # react() runs the reactor, then exits the process with the verdict;
+        # a reactor stopped early (Ctrl-C) would exit 0 without one.
+        finished: list[bool] = []
+        try:
+            task.react(lambda reactor: _react(reactor, nodes, secret, args, finished))
+        except SystemExit as done:
+            if not finished:
+                print("\nRESULT: INTERRUPTED")
+                return 2
+            raise done
     finally:
         for node in nodes:
             node.stop()
     return 1
 
 
-def _react(reactor: Any, nodes: list[LocalNode], secret: str, args: Any) -> Any:
+def _react(
+    reactor: Any, nodes: list[LocalNode], secret: str, args: Any, finished: list[bool]
+) -> Any:
     d = run_demo(reactor, nodes, secret, args.messages, args.rate)
 
     def verdict(ok: bool) -> None:
+        finished.append(True)
         print(
             "\nRESULT:", "PASS (0 lost, 0 duplicated, 0 out of order)" if ok else "FAIL"
         )

@@ -33,7 +33,6 @@ ERRORS: dict[str, bool] = {
     "body_too_big": False,
     "unavailable": True,
     "resend_earlier": True,
-    "busy": True,
     "internal": True,
 }
 

@@ -157,7 +157,8 @@ class GatewayClientTests(ClientHarness):
         self.assertEqual(
             link.sent[0], {"type": "send", "to": "bob", "id": "c1", "body": {"n": 1}}
         )
-        self.assertEqual(self.client.stats.resends, 2)
+        # Never written before, so not counted as resent.
+        self.assertEqual(self.client.stats.resends, 0)
         self.assertEqual(self.successResultOf(connected)["epoch"], 1)
 
         ack = {"type": "ack", "id": "c1", "inbox": "9-0", "duplicate": False}
@@ -385,3 +386,34 @@ class ClosingLinkTests(ClientHarness):
         self.message(link, "5-0")
         self.reactor.advance(1)
         self.assertEqual([f["upto"] for f in link.sent if f["type"] == "ack"], ["5-0"])
+
+
+class InFlightWindowTests(ClientHarness):
+    """At most ``max_in_flight`` sends are written and unanswered at once."""
+
+    def test_sends_past_the_window_wait_for_answers_in_order(self) -> None:
+        """With a window of 2, a third send is written only once one is acked."""
+        self.client.max_in_flight = 2
+        link = self.open()
+        self.welcome(link)
+        for i in (1, 2, 3):
+            self.client.send("bob", i, f"c{i}")
+        self.assertEqual([f["id"] for f in link.sent], ["c1", "c2"])
+        self.client._frame(link, {"type": "ack", "id": "c1", "inbox": "1-0"})
+        self.assertEqual([f["id"] for f in link.sent], ["c1", "c2", "c3"])
+
+    def test_reconnect_sends_everything_again_in_order_within_the_window(
+        self,
+    ) -> None:
+        """After a new welcome, unacknowledged sends go again oldest first, and
+        only what was written before counts as resent."""
+        self.client.max_in_flight = 2
+        link = self.open()
+        self.welcome(link)
+        for i in (1, 2, 3):
+            self.client.send("bob", i, f"c{i}")
+        fresh = FakeLink()
+        self.client._opened(fresh)
+        self.welcome(fresh)
+        self.assertEqual([f["id"] for f in fresh.sent], ["c1", "c2"])
+        self.assertEqual(self.client.stats.resends, 2)

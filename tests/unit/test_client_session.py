@@ -175,14 +175,14 @@ class ClientSessionTests(SynchronousTestCase):
         codes = [(f["code"], f["id"]) for f in link.of_type("error")]
         self.assertEqual(codes, [("unavailable", "c-1"), ("resend_earlier", "c-2")])
 
-    def test_too_many_queued_sends_are_refused_as_busy(self) -> None:
-        """Past the queue bound a send is refused (busy, retryable), not buffered."""
+    def test_too_many_queued_sends_close_the_connection_with_1013(self) -> None:
+        """Past the queue bound the connection closes with 1013 (so the client
+        resends in order) instead of refusing one send out of order."""
         client, link = self.harness.online()
         for i in range(MAX_QUEUED_SENDS + 2):
             client.on_text(send_frame(f"c-{i}"))
-        busy = [f for f in link.of_type("error") if f["code"] == "busy"]
-        self.assertEqual(len(busy), 1)
-        self.assertTrue(busy[0]["retry"])
+        self.assertEqual(link.closes[0][0], wire.CLOSE_TRY_LATER)
+        self.assertEqual(link.of_type("error"), [])
 
     def test_unexpected_append_failure_is_internal_and_retryable(self) -> None:
         """A send that failed for another reason is ``internal``, retry true, and

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -152,9 +153,9 @@ class ConfigFileShapeTests(SynchronousTestCase):
 
     def test_non_object_file_is_a_value_error(self) -> None:
         """A list in the file raises ValueError naming the file, not a TypeError."""
-        path = self.mktemp()
-        with open(path, "w", encoding="utf-8") as f:
+        with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
             f.write("[1, 2]")
-        with self.assertRaises(ValueError) as raised:
-            NodeConfig.from_environment({"WSHA_CONFIG_FILE": path})
+            f.flush()
+            with self.assertRaises(ValueError) as raised:
+                NodeConfig.from_environment({"WSHA_CONFIG_FILE": f.name})
         self.assertIn("JSON object", str(raised.exception))
