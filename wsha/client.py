@@ -277,7 +277,14 @@ class GatewayClient:
         factory.protocol = _ClientProtocol
         factory.owner = self  # type: ignore[attr-defined]
         factory.setProtocolOptions(
-            autoPingInterval=self._ping[0], autoPingTimeout=self._ping[1]
+            autoPingInterval=self._ping[0],
+            autoPingTimeout=self._ping[1],
+            # Autobahn's 5 s default gives up on handshakes that a node under
+            # a reconnect storm still completes; that abandoned attempt's
+            # claim can then land after the next attempt's and close it with
+            # 4001, which stops the client. Known shortcoming: a handshake
+            # slower than this can still lose that race (stops the client).
+            openHandshakeTimeout=30,
         )
         bind = (self.bind_address, 0) if self.bind_address else None
         endpoint = TCP4ClientEndpoint(
