@@ -13,6 +13,7 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -31,6 +32,24 @@ NODE_SETTINGS = [
     "--redis-timeout=3",
     "--kafka-fallback-interval=0.2",
 ]
+
+
+# Each case's figures, printed at the end of the run whatever the capture mode.
+FIGURES: list[str] = []
+
+
+def record(line: str) -> None:
+    """Keep one case's figures for the run's summary (and print them now)."""
+    FIGURES.append(line)
+    print("\n" + line)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print every fault case's figures after the test results."""
+    if FIGURES:
+        terminalreporter.section("fault suite figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

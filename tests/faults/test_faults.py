@@ -14,7 +14,7 @@ import pytest_twisted
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.threads import deferToThread
 
-from tests.faults.conftest import FaultCluster
+from tests.faults.conftest import FaultCluster, record
 from tests.integration.support import http_json, wait_for
 from wsha.loadgen import Traffic, percentile
 
@@ -75,7 +75,7 @@ def run_case(cluster: FaultCluster, name: str, fault: Any, settle: float = 90) -
         try:
             yield wait_for(lambda: traffic.delivered_all(snapshot), settle, "catch-up")
         except AssertionError:
-            print(f"\n[{name}] not caught up: {traffic.report()}")
+            record(f"[{name}] not caught up: {traffic.report()}")
             raise
         caught_up = time.monotonic() - ended
 
@@ -89,8 +89,8 @@ def run_case(cluster: FaultCluster, name: str, fault: Any, settle: float = 90) -
         )
         report = traffic.report()
         times = traffic.recovery_times(moment)
-        print(
-            f"\n[{name}] sent {report.sent} accepted {report.accepted} "
+        record(
+            f"[{name}] sent {report.sent} accepted {report.accepted} "
             f"delivered {report.delivered} lost {report.lost} "
             f"duplicated {report.duplicated + report.server_duplicates} "
             f"reordered {report.reordered}; {len(times)} clients reconnected, "
@@ -265,8 +265,8 @@ def test_blackholed_client_is_dropped_and_resumes(fault_cluster: FaultCluster) -
             PRESENCE_BOUND,
             "presence back",
         )
-        print(
-            f"\n[blackholed client] presence cleared {cleared_in:.2f}s after "
+        record(
+            f"[blackholed client] presence cleared {cleared_in:.2f}s after "
             f"freezing; all 30 delivered {resumed_in:.2f}s after thawing"
         )
         assert peer.seqs() == list(range(30))
@@ -319,8 +319,8 @@ def test_reconnect_storm_of_two_thousand_clients(fault_cluster: FaultCluster) ->
         report = traffic.report()
         times = traffic.recovery_times(moment)
         refused = sum(u.client.stats.closes.get(1013, 0) for u in traffic.users)
-        print(
-            f"\n[reconnect storm] {len(times)} of {STORM_USERS} clients cut; "
+        record(
+            f"[reconnect storm] {len(times)} of {STORM_USERS} clients cut; "
             f"resumed p50 {percentile(times, 0.5):.2f}s "
             f"p99 {percentile(times, 0.99):.2f}s, all in {all_in:.2f}s; "
             f"{refused} connects turned away with 1013; sent {report.sent} "
