@@ -13,7 +13,7 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=find_packages(exclude=["tests", "tests.*"]) + ["twisted.plugins"],
+    packages=[*find_packages(exclude=["tests", "tests.*"]), "twisted.plugins"],
     package_data={"twisted": ["plugins/wsha_plugin.py"], "wsha.lua": ["*.lua"]},
     install_requires=[
         "Twisted>=24.3,<27",
