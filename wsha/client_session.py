@@ -138,12 +138,28 @@ class ClientSession:
         if isinstance(frame, wire.Send):
             self._send(frame)
         elif isinstance(frame, wire.Ack):
-            self._acknowledge(frame.upto)
-        else:
+            self._on_ack(frame)
+        elif isinstance(frame, wire.Ping):
             pong: dict[str, Any] = {"type": "pong"}
             if frame.id is not None:
                 pong["id"] = frame.id
             self._reply(pong)
+        else:
+            self._on_subscription_frame(frame)
+
+    def _on_ack(self, frame: wire.Ack) -> None:
+        if frame.group is not None or frame.broadcast:
+            self._on_subscription_frame(frame)
+        else:
+            self._acknowledge(frame.upto)
+
+    def _on_subscription_frame(self, frame: wire.ClientFrame) -> None:
+        # Groups, market data and broadcasts are served by their own parts.
+        self._reply(
+            wire.error_frame(
+                "unknown_type", f"{type(frame).__name__} is not served yet"
+            )
+        )
 
     def _acknowledge(self, upto: str) -> None:
         # The stored cursor is what a device that lost its own resumes from:

@@ -21,6 +21,8 @@ CLOSE_SERVER_ERROR = 1011
 CLOSE_RESTARTING = 1012
 CLOSE_TRY_LATER = 1013
 CLOSE_TAKEN_OVER = 4001
+CLOSE_TOO_SLOW = 4008
+CLOSE_TOO_MANY_SESSIONS = 4009
 CLOSE_UNAUTHORIZED = 4401
 
 # Error codes carried in ``error`` frames, with whether a retry can succeed.
@@ -31,6 +33,10 @@ ERRORS: dict[str, bool] = {
     "binary_not_supported": False,
     "bad_recipient": False,
     "body_too_big": False,
+    "bad_group": False,
+    "bad_instrument": False,
+    "not_subscribed": False,
+    "too_many_subscriptions": False,
     "unavailable": True,
     "resend_earlier": True,
     "internal": True,
@@ -39,6 +45,8 @@ ERRORS: dict[str, bool] = {
 MAX_ID_LENGTH = 128
 USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.@:\-]{1,128}$")
 STREAM_ID_PATTERN = re.compile(r"^\d{1,20}-\d{1,20}$")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.@:/\-]{1,128}$")
+"""Group and instrument names: 1-128 characters, ``/`` allowed for hierarchy."""
 
 
 class FrameError(Exception):
@@ -62,9 +70,59 @@ class Send:
 
 @dataclass(frozen=True)
 class Ack:
-    """A client's ``ack``: it has received everything up to inbox id ``upto``."""
+    """A client's ``ack``: it has received everything up to id ``upto``.
+
+    Of its inbox by default; of group ``group``'s history, or of the broadcast
+    history when ``broadcast`` is set.
+    """
 
     upto: str
+    group: str | None = None
+    broadcast: bool = False
+
+
+@dataclass(frozen=True)
+class Subscribe:
+    """A client's ``subscribe`` to a group or to an instrument's market data.
+
+    :param id: the request id echoed in the answer, if given.
+    :param group: the group (room) to join; exclusive with ``instrument``.
+    :param instrument: the instrument to watch; exclusive with ``group``.
+    :param after: where to start: a group history id, or an instrument stream id.
+    :param presence: send this session the group's join and leave events.
+    """
+
+    id: str | None
+    group: str | None = None
+    instrument: str | None = None
+    after: str | None = None
+    presence: bool = False
+
+
+@dataclass(frozen=True)
+class Unsubscribe:
+    """A client's ``unsubscribe`` from a group or an instrument."""
+
+    id: str | None
+    group: str | None = None
+    instrument: str | None = None
+
+
+@dataclass(frozen=True)
+class Publish:
+    """A client's ``publish`` to a group; ``id`` dedupes retries like a send's."""
+
+    id: str
+    group: str
+    body: Any
+
+
+@dataclass(frozen=True)
+class PresenceQuery:
+    """A client's ``presence`` request: who is online in ``group`` now."""
+
+    id: str | None
+    group: str
 
 
 @dataclass(frozen=True)
@@ -74,12 +132,17 @@ class Ping:
     id: str | None
 
 
-ClientFrame = Send | Ack | Ping
+ClientFrame = Send | Ack | Ping | Subscribe | Unsubscribe | Publish | PresenceQuery
 
 
 def is_valid_user_id(user: str) -> bool:
     """Say whether ``user`` is usable as a user or session id."""
     return bool(USER_ID_PATTERN.match(user))
+
+
+def is_valid_name(name: str) -> bool:
+    """Say whether ``name`` is usable as a group or instrument name."""
+    return bool(NAME_PATTERN.match(name))
 
 
 def is_valid_stream_id(value: str) -> bool:
@@ -112,12 +175,21 @@ def parse_client_frame(text: str, max_body_bytes: int) -> ClientFrame:
     if kind == "send":
         return _parse_send(frame, frame_id, max_body_bytes)
     if kind == "ack":
-        upto = frame.get("upto")
-        if not isinstance(upto, str) or not is_valid_stream_id(upto):
-            raise FrameError("bad_frame", "ack needs 'upto', an inbox id", frame_id)
-        return Ack(upto=upto)
+        return _parse_ack(frame, frame_id)
     if kind == "ping":
         return Ping(id=frame_id)
+    if kind == "subscribe":
+        return _parse_subscribe(frame, frame_id)
+    if kind == "unsubscribe":
+        group, instrument = _target(frame, frame_id)
+        return Unsubscribe(id=frame_id, group=group, instrument=instrument)
+    if kind == "publish":
+        return _parse_publish(frame, frame_id, max_body_bytes)
+    if kind == "presence":
+        group = _name(frame, "group", "bad_group", frame_id)
+        if group is None:
+            raise FrameError("bad_group", "presence needs 'group'", frame_id)
+        return PresenceQuery(id=frame_id, group=group)
     if not isinstance(kind, str):
         raise FrameError("bad_frame", "frame needs a string 'type'", frame_id)
     raise FrameError("unknown_type", f"unknown frame type {kind[:40]!r}", frame_id)
@@ -135,6 +207,73 @@ def _parse_send(frame: dict[str, Any], frame_id: str | None, max_body: int) -> S
     if len(encode_body(body).encode()) > max_body:
         raise FrameError("body_too_big", f"body over {max_body} bytes", frame_id)
     return Send(to=to, id=frame_id, body=body)
+
+
+def _parse_ack(frame: dict[str, Any], frame_id: str | None) -> Ack:
+    upto = frame.get("upto")
+    if not isinstance(upto, str) or not is_valid_stream_id(upto):
+        raise FrameError("bad_frame", "ack needs 'upto', a message id", frame_id)
+    group = _name(frame, "group", "bad_group", frame_id)
+    broadcast = frame.get("broadcast", False)
+    if not isinstance(broadcast, bool) or (broadcast and group is not None):
+        raise FrameError(
+            "bad_frame", "ack 'broadcast' must be true or false, without 'group'"
+        )
+    return Ack(upto=upto, group=group, broadcast=broadcast)
+
+
+def _name(
+    frame: dict[str, Any], field: str, code: str, frame_id: str | None
+) -> str | None:
+    value = frame.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not is_valid_name(value):
+        raise FrameError(code, f"'{field}' is not a valid name", frame_id)
+    return value
+
+
+def _target(frame: dict[str, Any], frame_id: str | None) -> tuple[str | None, ...]:
+    group = _name(frame, "group", "bad_group", frame_id)
+    instrument = _name(frame, "instrument", "bad_instrument", frame_id)
+    if (group is None) == (instrument is None):
+        raise FrameError(
+            "bad_frame", "give exactly one of 'group' and 'instrument'", frame_id
+        )
+    return group, instrument
+
+
+def _parse_subscribe(frame: dict[str, Any], frame_id: str | None) -> Subscribe:
+    group, instrument = _target(frame, frame_id)
+    after = frame.get("after")
+    if after is not None and (
+        not isinstance(after, str) or not is_valid_stream_id(after)
+    ):
+        raise FrameError("bad_frame", "'after' must be a message id", frame_id)
+    presence = frame.get("presence", False)
+    if not isinstance(presence, bool) or (presence and group is None):
+        raise FrameError(
+            "bad_frame", "'presence' must be true or false, for a group", frame_id
+        )
+    return Subscribe(
+        id=frame_id, group=group, instrument=instrument, after=after, presence=presence
+    )
+
+
+def _parse_publish(
+    frame: dict[str, Any], frame_id: str | None, max_body: int
+) -> Publish:
+    if frame_id is None or not 0 < len(frame_id) <= MAX_ID_LENGTH:
+        raise FrameError("bad_frame", "publish needs 'id', a string of 1-128 chars")
+    group = _name(frame, "group", "bad_group", frame_id)
+    if group is None:
+        raise FrameError("bad_group", "publish needs 'group'", frame_id)
+    if "body" not in frame:
+        raise FrameError("bad_frame", "publish needs a 'body'", frame_id)
+    body = frame["body"]
+    if len(encode_body(body).encode()) > max_body:
+        raise FrameError("body_too_big", f"body over {max_body} bytes", frame_id)
+    return Publish(id=frame_id, group=group, body=body)
 
 
 def encode_body(body: Any) -> str:
@@ -166,9 +305,21 @@ def encode_message(entry_id: str, sender: str, body_json: str, ts: int) -> bytes
     The body was encoded once when it was stored; it is spliced in, not
     decoded and encoded again for every recipient.
     """
-    head = json.dumps(
-        {"type": "message", "id": entry_id, "from": sender, "ts": ts},
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
-    return (head[:-1] + ',"body":' + body_json + "}").encode()
+    head: dict[str, Any] = {"type": "message", "id": entry_id, "from": sender}
+    head["ts"] = ts
+    return splice_json(head, "body", body_json)
+
+
+def encode_group_message(
+    group: str, entry_id: str, sender: str, body_json: str, ts: int
+) -> bytes:
+    """Encode a ``group_message`` frame around a body that is already JSON."""
+    head: dict[str, Any] = {"type": "group_message", "group": group, "id": entry_id}
+    head.update({"from": sender, "ts": ts})
+    return splice_json(head, "body", body_json)
+
+
+def splice_json(head: dict[str, Any], field: str, value_json: str) -> bytes:
+    """Encode ``head`` with one more ``field`` whose value is already JSON text."""
+    text = json.dumps(head, separators=(",", ":"), ensure_ascii=False)
+    return (text[:-1] + f',"{field}":' + value_json + "}").encode()

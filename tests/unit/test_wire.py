@@ -19,7 +19,25 @@ LIMIT = 64
         ('"send"', "bad_frame", None),
         ('{"id": "x"}', "bad_frame", "x"),
         ('{"type": 5, "id": "x"}', "bad_frame", "x"),
-        ('{"type": "subscribe", "id": "x"}', "unknown_type", "x"),
+        ('{"type": "subscribe!", "id": "x"}', "unknown_type", "x"),
+        ('{"type": "subscribe", "id": "x"}', "bad_frame", "x"),
+        ('{"type": "subscribe", "id": "x", "group": "a b"}', "bad_group", "x"),
+        ('{"type": "subscribe", "id": "x", "instrument": 5}', "bad_instrument", "x"),
+        ('{"type": "subscribe", "group": "g", "instrument": "i"}', "bad_frame", None),
+        ('{"type": "subscribe", "group": "g", "after": "7"}', "bad_frame", None),
+        ('{"type": "subscribe", "group": "g", "presence": 1}', "bad_frame", None),
+        (
+            '{"type": "subscribe", "instrument": "i", "presence": true}',
+            "bad_frame",
+            None,
+        ),
+        ('{"type": "unsubscribe", "id": "x"}', "bad_frame", "x"),
+        ('{"type": "publish", "group": "g", "body": 1}', "bad_frame", None),
+        ('{"type": "publish", "id": "x", "body": 1}', "bad_group", "x"),
+        ('{"type": "publish", "id": "x", "group": "g"}', "bad_frame", "x"),
+        ('{"type": "presence", "id": "x"}', "bad_group", "x"),
+        ('{"type": "ack", "upto": "1-0", "group": ""}', "bad_group", None),
+        ('{"type": "ack", "upto": "1-0", "broadcast": "yes"}', "bad_frame", None),
         ('{"type": "send", "to": "bob", "body": 1}', "bad_frame", None),
         ('{"type": "send", "id": "", "to": "bob", "body": 1}', "bad_frame", None),
         ('{"type": "send", "id": 9, "to": "bob", "body": 1}', "bad_frame", None),
@@ -63,6 +81,60 @@ def test_body_over_limit_is_body_too_big() -> None:
     with pytest.raises(wire.FrameError) as raised:
         wire.parse_client_frame(json.dumps(frame), LIMIT)
     assert (raised.value.code, raised.value.frame_id) == ("body_too_big", "x")
+
+
+def test_subscription_frames_parse() -> None:
+    """subscribe, unsubscribe, publish, presence and group acks parse whole."""
+
+    def parse(frame: dict[str, object]) -> wire.ClientFrame:
+        return wire.parse_client_frame(json.dumps(frame), LIMIT)
+
+    assert parse(
+        {
+            "type": "subscribe",
+            "id": "r",
+            "group": "room/1",
+            "after": "5-1",
+            "presence": True,
+        }
+    ) == wire.Subscribe("r", group="room/1", after="5-1", presence=True)
+    assert parse({"type": "subscribe", "instrument": "EUR.USD"}) == wire.Subscribe(
+        None, instrument="EUR.USD"
+    )
+    assert parse({"type": "unsubscribe", "id": "u", "group": "g"}) == (
+        wire.Unsubscribe("u", group="g")
+    )
+    assert parse({"type": "publish", "id": "p", "group": "g", "body": [1]}) == (
+        wire.Publish("p", "g", [1])
+    )
+    assert parse({"type": "presence", "group": "g"}) == wire.PresenceQuery(None, "g")
+    assert parse({"type": "ack", "group": "g", "upto": "1-0"}) == wire.Ack(
+        "1-0", group="g"
+    )
+    assert parse({"type": "ack", "broadcast": True, "upto": "1-0"}) == wire.Ack(
+        "1-0", broadcast=True
+    )
+
+
+def test_publish_body_limit_applies() -> None:
+    """A publish body over the limit is body_too_big, like a send's."""
+    frame = {"type": "publish", "id": "x", "group": "g", "body": "x" * LIMIT}
+    with pytest.raises(wire.FrameError) as raised:
+        wire.parse_client_frame(json.dumps(frame), LIMIT)
+    assert (raised.value.code, raised.value.frame_id) == ("body_too_big", "x")
+
+
+def test_group_message_splices_body() -> None:
+    """A group_message frame is valid JSON carrying the stored body unchanged."""
+    frame = json.loads(wire.encode_group_message("g", "5-0", "ann", '{"a":1}', 9))
+    assert frame == {
+        "type": "group_message",
+        "group": "g",
+        "id": "5-0",
+        "from": "ann",
+        "ts": 9,
+        "body": {"a": 1},
+    }
 
 
 def test_body_limit_counts_encoded_bytes() -> None:
