@@ -15,9 +15,11 @@ from twisted.logger import Logger
 
 from wsha import wire
 from wsha.delivery import SessionDelivery
+from wsha.groups import NotAMember
 from wsha.inbox import InboxEntry
 from wsha.services.redis_service import RedisUnavailable
-from wsha.sessions import Claim
+from wsha.session_groups import SessionGroups
+from wsha.sessions import Claim, SessionLimitReached
 
 if TYPE_CHECKING:
     from wsha.gateway import Gateway
@@ -67,8 +69,10 @@ class ClientSession:
         # The client id of the first send that failed, which must come again
         # before any later send of this connection is stored.
         self._resend_first: str | None = None
-        self._queued_sends: deque[wire.Send] = deque()
+        self._queued_sends: deque[wire.Send | wire.Publish] = deque()
         self._storing = False
+        hub = gateway.groups
+        self.groups = SessionGroups(self, hub) if hub is not None else None
 
     @inlineCallbacks
     def start(self) -> Any:
@@ -79,6 +83,15 @@ class ClientSession:
         """
         try:
             claim = yield self.gateway.claim(self)
+        except SessionLimitReached as e:
+            self.log.info(
+                "Refused {user}/{session}: {error}",
+                user=self.user,
+                session=self.session,
+                error=str(e),
+            )
+            self.link.close(wire.CLOSE_TOO_MANY_SESSIONS, "too many sessions online")
+            return
         except Exception as e:
             # An outage is logged once by the Redis service; anything else here.
             emit = self.log.debug if isinstance(e, RedisUnavailable) else self.log.warn
@@ -96,6 +109,22 @@ class ClientSession:
         if self.closing:
             return
 
+        restored: dict[str, Any] = {}
+        if self.groups is not None:
+            try:
+                restored = yield self.groups.restore(claim)
+            except Exception as e:
+                self.log.warn(
+                    "Subscriptions of {user}/{session} not restored: {error}",
+                    user=self.user,
+                    session=self.session,
+                    error=str(e),
+                )
+                self.link.close(wire.CLOSE_TRY_LATER, "subscriptions not restored")
+                return
+            if self.closed or self.closing:
+                return
+
         self.claim = claim
         self.link.send_frame(
             wire.encode(
@@ -109,6 +138,7 @@ class ClientSession:
                     "after": claim.replay_after,
                     "replayed": claim.pending,
                     "truncated": claim.trimmed,
+                    "groups": restored,
                 }
             )
         )
@@ -135,7 +165,7 @@ class ClientSession:
         except wire.FrameError as e:
             self._reply(wire.error_frame(e.code, e.message, e.frame_id))
             return
-        if isinstance(frame, wire.Send):
+        if isinstance(frame, wire.Send | wire.Publish):
             self._send(frame)
         elif isinstance(frame, wire.Ack):
             self._on_ack(frame)
@@ -155,11 +185,23 @@ class ClientSession:
 
     def _on_subscription_frame(self, frame: wire.ClientFrame) -> None:
         # Groups, market data and broadcasts are served by their own parts.
-        self._reply(
-            wire.error_frame(
-                "unknown_type", f"{type(frame).__name__} is not served yet"
+        groups = self.groups
+        frame_id = getattr(frame, "id", None)
+        if groups is None or getattr(frame, "instrument", None) is not None:
+            kind = type(frame).__name__.lower()
+            self._reply(
+                wire.error_frame("unknown_type", f"no {kind} on this node", frame_id)
             )
-        )
+        elif isinstance(frame, wire.Subscribe):
+            groups.subscribe(frame)
+        elif isinstance(frame, wire.Unsubscribe):
+            groups.unsubscribe(frame)
+        elif isinstance(frame, wire.PresenceQuery):
+            groups.presence(frame)
+        elif isinstance(frame, wire.Ack) and frame.group is not None:
+            groups.acknowledge(frame.group, frame.upto)
+        else:
+            self._reply(wire.error_frame("unknown_type", "not served", frame_id))
 
     def _acknowledge(self, upto: str) -> None:
         # The stored cursor is what a device that lost its own resumes from:
@@ -177,6 +219,15 @@ class ClientSession:
         self._reply(
             wire.error_frame("binary_not_supported", "frames must be JSON text")
         )
+
+    def send_frame(self, frame: dict[str, Any]) -> None:
+        """Send a server frame to the client, unless the connection is gone."""
+        self._reply(frame)
+
+    def send_bytes(self, payload: bytes) -> None:
+        """Send an already encoded frame, unless the connection is gone."""
+        if not self.closed:
+            self.link.send_frame(payload)
 
     def deliver(self, entries: list[InboxEntry]) -> None:
         """Write inbox entries to the client as ``message`` frames."""
@@ -208,9 +259,11 @@ class ClientSession:
         if self.delivery is not None:
             self.delivery.stop()
         if self.epoch is not None:
+            if self.groups is not None:
+                self.groups.close()
             self.gateway.release(self)
 
-    def _send(self, frame: wire.Send) -> None:
+    def _send(self, frame: wire.Send | wire.Publish) -> None:
         # Sends of one connection are stored one after another, in the order
         # they came: a later one could otherwise succeed while an earlier one
         # fails and is retried after it.
@@ -237,7 +290,7 @@ class ClientSession:
         self._storing = False
         self._store_queued()
 
-    def _store(self, frame: wire.Send) -> Deferred[None]:
+    def _store(self, frame: wire.Send | wire.Publish) -> Deferred[None]:
         # After a send failed (retryably), later ones are refused until it is
         # sent again, so a client that resends in order keeps its order.
         if self._resend_first is not None:
@@ -251,21 +304,34 @@ class ClientSession:
                 )
                 return succeed(None)
             self._resend_first = None
-        d = self.gateway.submit(
-            self.user, frame.to, frame.id, wire.encode_body(frame.body)
-        )
+        answer: dict[str, Any] = {"type": "ack", "id": frame.id}
+        if isinstance(frame, wire.Publish):
+            if self.groups is None:
+                self._reply(wire.error_frame("unknown_type", "no groups", frame.id))
+                return succeed(None)
+            d = self.groups.publish(frame)
+            answer["group"] = frame.group
+            stored_in = "history"
+        else:
+            d = self.gateway.submit(
+                self.user, frame.to, frame.id, wire.encode_body(frame.body)
+            )
+            stored_in = "inbox"
 
         def stored(result: Any) -> None:
-            self._reply(
-                {
-                    "type": "ack",
-                    "id": frame.id,
-                    "inbox": result.id,
-                    "duplicate": result.duplicate,
-                }
-            )
+            answer[stored_in] = result.id
+            answer["duplicate"] = result.duplicate
+            self._reply(answer)
 
         def failed(reason: Any) -> None:
+            if reason.check(NotAMember):
+                # Refused for good: later publishes are not held up by it.
+                self._reply(
+                    wire.error_frame(
+                        "not_subscribed", reason.getErrorMessage(), frame.id
+                    )
+                )
+                return
             if self._resend_first is None:
                 self._resend_first = frame.id
             if reason.check(RedisUnavailable):

@@ -58,6 +58,17 @@ class NodeConfig:
     session_ttl: int = setting(
         7 * 24 * 3600, "Seconds session state lives after its last connect or ack."
     )
+    max_sessions_per_user: int = setting(
+        16, "Sessions (devices) a user may have online at once (0: no limit)."
+    )
+    group_history_length: int = setting(1000, "Messages kept per group (exact).")
+    group_history_ttl: int = setting(
+        7 * 24 * 3600, "Seconds a group's history lives after its last message."
+    )
+    max_groups_per_session: int = setting(256, "Groups one session may subscribe to.")
+    consistency_interval: float = setting(
+        60.0, "Seconds between consistency checks of groups and sessions (0: none)."
+    )
     redis_timeout: float = setting(5.0, "Seconds to wait for Redis to connect/answer.")
     redis_min_replicas: int = setting(
         0, "Replicas that must confirm a message before it is acked (Sentinel: 1)."
@@ -110,7 +121,15 @@ class NodeConfig:
             raise ValueError("a JWT key is required (--jwt-secret or WSHA_JWT_SECRET)")
         if self.max_body_bytes >= self.max_message_bytes:
             raise ValueError("max-body-bytes must be below max-message-bytes")
-        for name in ("inbox_max_length", "inbox_ttl", "dedupe_ttl", "session_ttl"):
+        for name in (
+            "inbox_max_length",
+            "inbox_ttl",
+            "dedupe_ttl",
+            "session_ttl",
+            "group_history_length",
+            "group_history_ttl",
+            "max_groups_per_session",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.replace('_', '-')} must be positive")
         if self.dedupe_ttl > self.inbox_ttl:
@@ -122,6 +141,10 @@ class NodeConfig:
         if self.redis_min_replicas < 0 or self.redis_replica_wait_ms <= 0:
             raise ValueError(
                 "redis-min-replicas must be >= 0 and redis-replica-wait-ms > 0"
+            )
+        if self.max_sessions_per_user < 0 or self.consistency_interval < 0:
+            raise ValueError(
+                "max-sessions-per-user and consistency-interval must not be negative"
             )
         if self.accept_rate < 0:
             raise ValueError("accept-rate must not be negative")

@@ -1,31 +1,41 @@
-"""SessionDelivery: moves one session's inbox entries to its connection, in order.
+"""SessionDelivery: moves one session's stream entries to its connection, in order.
 
-There is one pull at a time per session, always reading strictly after the
-last id sent, so replay and live traffic are the same code path: they cannot
-interleave out of order, skip an entry or send one twice (invariant 2).
+The stream is the user's inbox, or the history of one of the session's
+groups. There is one pull at a time per session and stream, always reading
+strictly after the last id sent, so replay and live traffic are the same code
+path: they cannot interleave out of order, skip an entry or send one twice
+(invariant 2).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from wsha.inbox import InboxEntry, InboxStore
+from wsha.inbox import InboxEntry
 from wsha.services.redis_service import RedisUnavailable
+from wsha.wire import stream_id_key
 
 Deliver = Callable[[list[InboxEntry]], None]
 
 
+class EntrySource(Protocol):
+    """Where entries are read from: the inboxes, or the group histories."""
+
+    def read_after(self, stream: str, after: str, count: int) -> Deferred[Any]:
+        """Fire with up to ``count`` entries of ``stream`` strictly after ``after``."""
+
+
 class SessionDelivery:
-    """Pulls a session's inbox after ``after`` whenever it is poked.
+    """Pulls a stream after ``after`` whenever it is poked.
 
     :param inbox: where entries are read from.
-    :param user: whose inbox.
-    :param after: the inbox id the session has already seen.
+    :param user: which stream: a user (of the inboxes) or a group (of histories).
+    :param after: the id the session has already seen.
     :param deliver: called with each non-empty batch, in inbox order.
     :param clock: schedules the retry after a failed read.
     :param batch_size: the most entries read per round trip.
@@ -36,7 +46,7 @@ class SessionDelivery:
 
     def __init__(
         self,
-        inbox: InboxStore,
+        inbox: EntrySource,
         user: str,
         after: str,
         deliver: Deliver,
@@ -65,6 +75,24 @@ class SessionDelivery:
             return
         self._busy = True
         self._pull()
+
+    def offer(self, entry: InboxEntry, previous: str) -> None:
+        """Deliver a live ``entry`` whose stream predecessor is ``previous``.
+
+        It goes out at once when it is the next one this session needs; when
+        the session is behind (a gap) or a pull is running, the stream is
+        pulled instead, so nothing is skipped, doubled or reordered.
+        """
+        if self._stopped:
+            return
+        last = stream_id_key(self.last_sent)
+        if stream_id_key(entry.id) <= last:
+            return
+        if self._busy or stream_id_key(previous) > last:
+            self.poke()
+            return
+        self.last_sent = entry.id
+        self._deliver([entry])
 
     def stop(self) -> None:
         """Stop for good: no more reads, no more deliveries."""

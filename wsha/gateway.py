@@ -19,6 +19,7 @@ from wsha.client_session import ClientSession
 from wsha.delivery import SessionDelivery
 from wsha.inbox import AppendResult, InboxStore
 from wsha.services.redis_service import RedisUnavailable
+from wsha.session_groups import GroupHub
 from wsha.sessions import Claim, SessionRegistry
 
 NEWER_CLAIM_MEMORY = 30.0
@@ -58,6 +59,7 @@ class Gateway:
     :param max_body_bytes: the largest message body accepted.
     :param live_nodes: which nodes are alive; a dead node is sent no notices
         (its sessions' messages wait in the inbox for their reconnect).
+    :param groups: the node's group parts; without them group frames are refused.
     """
 
     log = Logger()
@@ -71,8 +73,10 @@ class Gateway:
         clock: IReactorTime,
         max_body_bytes: int = 64 * 1024,
         live_nodes: LiveNodes | None = None,
+        groups: GroupHub | None = None,
     ):
         self.node_id = node_id
+        self.groups = groups
         self.live_nodes = live_nodes or EveryNodeLive()
         self.inbox = inbox
         self.registry = registry
@@ -209,9 +213,11 @@ class Gateway:
                 client.link.close(code, reason)
 
     def poke_all(self) -> None:
-        """Make every local session pull its inbox (the sweeper's safety net)."""
+        """Make every local session pull its inbox and groups (the safety net)."""
         for user in list(self.local):
             self.poke_user(user)
+        if self.groups is not None:
+            self.groups.fanout.poke_all()
 
     def poke_user(self, user: str) -> None:
         """Make every local session of ``user`` pull its inbox."""

@@ -93,22 +93,6 @@ class InboxStore:
         self.durability = durability
 
     @inlineCallbacks
-    def _confirm_replicated(self) -> Any:
-        # WAIT covers every write this connection made before it, which
-        # includes the entries just appended or read.
-        wanted = self.durability.replicas
-        if wanted <= 0:
-            return
-        confirmed = yield self._redis.execute_command(
-            "WAIT", wanted, self.durability.wait_ms
-        )
-        if int(confirmed) < wanted:
-            raise RedisUnavailable(
-                f"{confirmed} of {wanted} replicas confirmed within "
-                f"{self.durability.wait_ms} ms"
-            )
-
-    @inlineCallbacks
     def append(
         self, user: str, sender: str, client_id: str, body_json: str, ts: int
     ) -> Any:
@@ -133,7 +117,7 @@ class InboxStore:
             ],
         )
         entry_id, duplicate, nodes = reply
-        yield self._confirm_replicated()
+        yield confirm_replicated(self._redis, self.durability)
         return AppendResult(str(entry_id), bool(int(duplicate)), frozenset(nodes or ()))
 
     @inlineCallbacks
@@ -144,8 +128,25 @@ class InboxStore:
         )
         if reply:
             # Never deliver what a failover could still take back.
-            yield self._confirm_replicated()
+            yield confirm_replicated(self._redis, self.durability)
         return [parse_entry(raw) for raw in reply or ()]
+
+
+@inlineCallbacks
+def confirm_replicated(redis: RedisCommands, durability: Durability) -> Any:
+    """Fail with RedisUnavailable unless ``durability.replicas`` confirm in time.
+
+    ``WAIT`` covers every write the connection made before it, which includes
+    the entries just appended or read.
+    """
+    wanted = durability.replicas
+    if wanted <= 0:
+        return
+    confirmed = yield redis.execute_command("WAIT", wanted, durability.wait_ms)
+    if int(confirmed) < wanted:
+        raise RedisUnavailable(
+            f"{confirmed} of {wanted} replicas confirmed within {durability.wait_ms} ms"
+        )
 
 
 def parse_entry(raw: list[Any]) -> InboxEntry:

@@ -51,6 +51,55 @@ def online(user: str) -> str:
     return f"{_user_tag(user)}:online"
 
 
+def subscriptions(user: str, session_id: str) -> str:
+    """A hash of the groups one session is subscribed to: group to acked group id."""
+    return f"{_user_tag(user)}:subs:{session_id}"
+
+
+def presence_subscriptions(user: str, session_id: str) -> str:
+    """The set of the session's groups whose join and leave events it receives."""
+    return f"{_user_tag(user)}:presence-subs:{session_id}"
+
+
+def _group_tag(group: str) -> str:
+    return f"{PREFIX}:{{g:{group}}}"
+
+
+def group_history(group: str) -> str:
+    """The group's bounded history: a Redis Stream of its messages."""
+    return f"{_group_tag(group)}:history"
+
+
+def group_trimmed(group: str) -> str:
+    """The newest group history id trimmed away by the length limit, if any."""
+    return f"{_group_tag(group)}:trimmed"
+
+
+def group_dedupe(group: str, sender: str, client_id: str) -> str:
+    """Marks that ``sender``'s publish ``client_id`` is already in the history."""
+    return f"{_group_tag(group)}:dedupe:{len(sender)}:{sender}:{client_id}"
+
+
+def group_members(group: str) -> str:
+    """The group's member sessions (``<user> <session>``), online or not."""
+    return f"{_group_tag(group)}:members"
+
+
+def group_presence(group: str) -> str:
+    """The group's online members: ``<user> <session>`` to ``<epoch> <node>``."""
+    return f"{_group_tag(group)}:presence"
+
+
+def group_channel(group: str) -> str:
+    """The Pub/Sub channel that carries the group's messages and presence events."""
+    return f"{_group_tag(group)}:events"
+
+
+def member(user: str, session_id: str) -> str:
+    """A session as a group member: user and session ids never contain spaces."""
+    return f"{user} {session_id}"
+
+
 def _node_tag(node: str) -> str:
     return f"{PREFIX}:{{n:{node}}}"
 
@@ -86,6 +135,16 @@ _NODES_TAG = f"{PREFIX}:{{nodes}}"
 def known_nodes() -> str:
     """The set of node ids that registered and were not cleaned up yet."""
     return f"{_NODES_TAG}:known"
+
+
+def known_groups() -> str:
+    """The set of groups that ever had a member (the consistency checker's list)."""
+    return f"{PREFIX}:{{groups}}:known"
+
+
+def consistency_lock() -> str:
+    """The lock one node holds while it checks the cluster's shared state."""
+    return f"{PREFIX}:{{groups}}:check-lock"
 
 
 def retired_topics() -> str:

@@ -12,16 +12,20 @@ from wsha.auth import TokenVerifier
 from wsha.config import NodeConfig
 from wsha.control import control_site
 from wsha.gateway import Gateway
+from wsha.groups import GroupLimits, GroupStore
 from wsha.inbox import Durability, InboxLimits, InboxStore
 from wsha.nodes import READY, NodeStore
 from wsha.protocols.websocket import WS_PATH, GatewayServerFactory
 from wsha.reaper import DeadNodeReaper
+from wsha.services.group_fanout import GroupFanout
 from wsha.services.inbox_sweeper import InboxSweeper
 from wsha.services.kafka_bus import NodeBus
 from wsha.services.listener import ListenerService
 from wsha.services.node_registry import NodeRegistryService, RegistryTiming
 from wsha.services.ordered import OrderedMultiService
+from wsha.services.redis_link import LinkSettings
 from wsha.services.redis_service import RedisService
+from wsha.session_groups import GroupHub
 from wsha.sessions import SessionRegistry
 from wsha.wire import CLOSE_RESTARTING
 
@@ -60,7 +64,10 @@ class GatewayNode(OrderedMultiService):
         self.bus.setServiceParent(self)
 
         sessions = SessionRegistry(
-            self.redis, config.session_ttl, node_id=config.node_id
+            self.redis,
+            config.session_ttl,
+            node_id=config.node_id,
+            max_sessions=config.max_sessions_per_user,
         )
         reaper = DeadNodeReaper(
             config.node_id,
@@ -84,6 +91,30 @@ class GatewayNode(OrderedMultiService):
         self.registry.setName("node-registry")
         self.registry.setServiceParent(self)
 
+        durability = Durability(config.redis_min_replicas, config.redis_replica_wait_ms)
+        self.fanout = GroupFanout(
+            self.redis.target,
+            LinkSettings(config.redis_timeout, config.redis_reconnect_max),
+        )
+        self.fanout.setName("group-fanout")
+        self.fanout.setServiceParent(self)
+        groups = GroupHub(
+            GroupStore(
+                self.redis,
+                GroupLimits(
+                    config.group_history_length,
+                    config.group_history_ttl,
+                    config.dedupe_ttl,
+                ),
+                config.session_ttl,
+                durability,
+            ),
+            self.fanout,
+            reaper.liveness,
+            config.max_groups_per_session,
+        )
+        reaper.on_orphaned = groups.store.leave_all
+
         self.gateway = Gateway(
             config.node_id,
             InboxStore(
@@ -91,13 +122,14 @@ class GatewayNode(OrderedMultiService):
                 InboxLimits(
                     config.inbox_max_length, config.inbox_ttl, config.dedupe_ttl
                 ),
-                Durability(config.redis_min_replicas, config.redis_replica_wait_ms),
+                durability,
             ),
             sessions,
             self.bus,
             reactor,
             max_body_bytes=config.max_body_bytes,
             live_nodes=reaper.liveness,
+            groups=groups,
         )
 
         self.sweeper = InboxSweeper(

@@ -9,7 +9,7 @@ claimed again since), forgets the node, and deletes its Kafka topic later.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
@@ -74,8 +74,15 @@ class NodeLiveness:
                 del self._dead[node_id]
 
 
+OrphanHook = Callable[[str, str, str, str], Deferred[Any]]
+"""Called with (user, session, epoch, dead node) for each session marked offline."""
+
+
 class DeadNodeReaper:
     """Cleans up after nodes whose registration expired, once each, under a lock.
+
+    ``on_orphaned``, if set, is called for each session marked offline (its
+    groups' presence is taken away there, with leave events).
 
     :param node_id: this node's id; it never reaps itself while running.
     :param store: the node registry.
@@ -106,6 +113,7 @@ class DeadNodeReaper:
         self.topic_delay = topic_delay
         self._lease_ms = int(lease * 1000)
         self.liveness = NodeLiveness(clock)
+        self.on_orphaned: OrphanHook | None = None
 
     @inlineCallbacks
     def scan(self, may_reap: bool) -> Any:
@@ -225,7 +233,25 @@ class DeadNodeReaper:
             )
             return succeed(0)
         d: Deferred[Any] = self.sessions.orphan(user, session, node_id, epoch)
-        return d.addCallback(int)
+        return d.addCallback(self._orphaned, user, session, epoch, node_id)
+
+    @inlineCallbacks
+    def _orphaned(
+        self, marked: bool, user: str, session: str, epoch: str, node_id: str
+    ) -> Any:
+        if marked and self.on_orphaned is not None:
+            try:
+                yield self.on_orphaned(user, session, epoch, node_id)
+            except Exception as e:
+                # Presence of a dead node is hidden anyway; the checker removes it.
+                self.log.warn(
+                    "Presence of {user}/{session} left by {node} not cleared: {error}",
+                    user=user,
+                    session=session,
+                    node=node_id,
+                    error=str(e),
+                )
+        return int(marked)
 
     def _forget(self, node_id: str) -> Deferred[Any]:
         d: Deferred[Any] = self.store.forget(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
@@ -14,9 +14,22 @@ from wsha.inbox import RedisCommands
 from wsha.lua import load
 
 
+class SessionLimitReached(Exception):
+    """The user already has as many sessions online as allowed."""
+
+    def __init__(self, online: int):
+        super().__init__(f"{online} sessions of this user are online already")
+        self.online = online
+
+
 @dataclass(frozen=True)
 class Claim:
-    """The outcome of claiming a session for this node."""
+    """The outcome of claiming a session for this node.
+
+    ``subscriptions`` maps each group the session is subscribed to onto the
+    group history id it resumes after; ``presence_groups`` are those whose
+    join and leave events it receives.
+    """
 
     epoch: str
     previous_node: str
@@ -25,6 +38,8 @@ class Claim:
     pending: int
     trimmed: bool
     resumed: bool
+    subscriptions: dict[str, str] = field(default_factory=dict)
+    presence_groups: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -69,6 +84,7 @@ class SessionRegistry:
     :param ttl_seconds: how long an idle session's state (cursor) is kept.
     :param replay_cap: the most pending entries counted when a session is claimed.
     :param node_id: the node whose session index releases update.
+    :param max_sessions: the most sessions a user may have online at once (0: any).
     """
 
     log = Logger()
@@ -84,15 +100,21 @@ class SessionRegistry:
         ttl_seconds: int,
         replay_cap: int = 10_000,
         node_id: str = "",
+        max_sessions: int = 0,
     ):
         self._redis = redis
+        self.max_sessions = max_sessions
         self.ttl_seconds = ttl_seconds
         self.replay_cap = replay_cap
         self.node_id = node_id
 
     @inlineCallbacks
     def claim(self, user: str, session: str, node: str, after: str | None) -> Any:
-        """Make ``node`` the session's owner with a new epoch; fires :class:`Claim`."""
+        """Make ``node`` the session's owner with a new epoch; fires :class:`Claim`.
+
+        :raises SessionLimitReached: if the session is not online yet and the
+            user has ``max_sessions`` online already.
+        """
         reply = yield self._redis.eval(
             self._claim_script,
             [
@@ -101,10 +123,25 @@ class SessionRegistry:
                 keys.online(user),
                 keys.inbox(user),
                 keys.trimmed(user),
+                keys.subscriptions(user, session),
+                keys.presence_subscriptions(user, session),
             ],
-            [session, node, after or "", self.ttl_seconds, self.replay_cap],
+            [
+                session,
+                node,
+                after or "",
+                self.ttl_seconds,
+                self.replay_cap,
+                self.max_sessions,
+            ],
         )
-        epoch, prev_node, prev_online, replay_after, pending, trimmed, existed = reply
+        if reply[0] == "limit":
+            raise SessionLimitReached(int(reply[1]))
+        epoch, prev_node, prev_online, replay_after, pending, trimmed, existed = reply[
+            :7
+        ]
+        subscriptions = _as_dict(reply[7])
+        presence_groups = frozenset(str(g) for g in reply[8] or ())
         try:
             yield self._redis.execute_command(
                 "SADD", keys.node_sessions(node), index_entry(user, session, epoch)
@@ -126,6 +163,8 @@ class SessionRegistry:
             pending=int(pending),
             trimmed=bool(int(trimmed)),
             resumed=bool(int(existed)),
+            subscriptions=subscriptions,
+            presence_groups=presence_groups,
         )
 
     @inlineCallbacks
@@ -177,7 +216,13 @@ class SessionRegistry:
         keys for another ``ttl_seconds``; fires True if the cursor moved."""
         reply = yield self._redis.eval(
             self._ack_script,
-            [keys.session(user, session), keys.sessions(user), keys.online(user)],
+            [
+                keys.session(user, session),
+                keys.sessions(user),
+                keys.online(user),
+                keys.subscriptions(user, session),
+                keys.presence_subscriptions(user, session),
+            ],
             [epoch, upto, self.ttl_seconds],
         )
         return bool(int(reply))

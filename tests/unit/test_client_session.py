@@ -53,6 +53,7 @@ class ClientSessionTests(SynchronousTestCase):
                     "after": "5-0",
                     "replayed": 3,
                     "truncated": True,
+                    "groups": {},
                 }
             ],
         )

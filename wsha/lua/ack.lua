@@ -1,12 +1,13 @@
 -- Move a session's ack cursor forward, for the owner holding the newest epoch,
 -- and keep the user's session keys alive while the session is in use.
--- KEYS: session hash, sessions set, online hash (one user's slot).
+-- KEYS: session hash, sessions set, online hash, subscriptions hash,
+--       presence-subscriptions set (one user's slot).
 -- ARGV: epoch, inbox id acknowledged, ttl s.
 -- Returns 1 if the cursor moved, 0 if stale owner or not newer.
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then
   return 0
 end
-for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
+for i = 1, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
 local cur = redis.call('HGET', KEYS[1], 'cursor') or '0-0'
 local cm, cs = string.match(cur, '^(%d+)-(%d+)$')
 local nm, ns = string.match(ARGV[2], '^(%d+)-(%d+)$')

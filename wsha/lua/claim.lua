@@ -1,10 +1,18 @@
 -- Claim a session for a node: one atomic step that bumps the fencing epoch.
--- KEYS: session hash, sessions set, online hash, inbox stream, trimmed marker
---       (one user's slot).
--- ARGV: session id, node id, after ('' = the stored ack cursor), ttl s, replay cap.
+-- KEYS: session hash, sessions set, online hash, inbox stream, trimmed marker,
+--       subscriptions hash, presence-subscriptions set (one user's slot).
+-- ARGV: session id, node id, after ('' = the stored ack cursor), ttl s, replay cap,
+--       most sessions the user may have online at once (0 = no limit).
 -- Returns {epoch, previous node, previous online flag, replay-from id,
 --          entries pending after it (capped), 1 if entries after it were trimmed,
---          1 if the session existed before}.
+--          1 if the session existed before, the subscriptions as a flat
+--          group/position list, the groups with presence events},
+--          or {'limit', online count} when the user is at the session limit.
+local limit = tonumber(ARGV[6]) or 0
+if limit > 0 and redis.call('HEXISTS', KEYS[3], ARGV[1]) == 0 then
+  local online = redis.call('HLEN', KEYS[3])
+  if online >= limit then return {'limit', online} end
+end
 local existed = redis.call('EXISTS', KEYS[1])
 local prev = redis.call('HMGET', KEYS[1], 'epoch', 'node', 'online', 'cursor')
 
@@ -53,5 +61,7 @@ redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('EXPIRE', KEYS[3], ARGV[4])
+redis.call('EXPIRE', KEYS[6], ARGV[4])
+redis.call('EXPIRE', KEYS[7], ARGV[4])
 return {string.format('%d', epoch), prev[2] or '', prev[3] or '0', after, pending,
-  trimmed, existed}
+  trimmed, existed, redis.call('HGETALL', KEYS[6]), redis.call('SMEMBERS', KEYS[7])}

@@ -136,11 +136,14 @@ class RedisTarget(Protocol):
     def describe(self) -> str:
         """Where the links go, for logs (never a password)."""
 
-    def open(self, watcher: LinkWatcher, settings: LinkSettings) -> Any:
+    def open(
+        self, watcher: LinkWatcher, settings: LinkSettings, protocol: Any = None
+    ) -> Any:
         """Start a reconnecting link; returns its txredisapi connection handler.
 
         The handler runs commands on the link's connection and is closed with
-        its ``disconnect()``.
+        its ``disconnect()``. ``protocol`` replaces txredisapi's protocol class
+        (a Pub/Sub subscriber, say); the link's factory is its ``factory``.
         """
 
     def verify(self, connection: Any) -> Deferred[bool]:
@@ -170,7 +173,9 @@ class DirectTarget:
         """``host:port/db``."""
         return self.address.describe()
 
-    def open(self, watcher: LinkWatcher, settings: LinkSettings) -> Any:
+    def open(
+        self, watcher: LinkWatcher, settings: LinkSettings, protocol: Any = None
+    ) -> Any:
         """Start a link to the server; see :meth:`RedisTarget.open`."""
         address = self.address
         factory = _WatchedFactory(
@@ -179,6 +184,8 @@ class DirectTarget:
             uuid=f"{address.host}:{address.port}",
             **_factory_options(address, settings),
         )
+        if protocol is not None:
+            factory.protocol = protocol
         endpoint = HostnameEndpoint(
             self._reactor, address.host, address.port, timeout=settings.timeout
         )
@@ -221,12 +228,20 @@ class SentinelTarget:
         """``master/db via sentinels host:port,...``."""
         return self.address.describe()
 
-    def open(self, watcher: LinkWatcher, settings: LinkSettings) -> Any:
+    def open(
+        self, watcher: LinkWatcher, settings: LinkSettings, protocol: Any = None
+    ) -> Any:
         """Start a link to the current master; see :meth:`RedisTarget.open`."""
         address = self.address
+        factory_class: Any = _WatchedSentinelFactory
+        if protocol is not None:
+            # Without the master's role check: Pub/Sub works on any server.
+            factory_class = type(
+                "SubscriberSentinelFactory", (factory_class,), {"protocol": protocol}
+            )
         return self._sentinels().master_for(
             address.master,
-            factory_class=_WatchedSentinelFactory,
+            factory_class=factory_class,
             watcher=watcher,
             settings=settings,
             **_factory_options(address, settings),

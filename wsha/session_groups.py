@@ -1,0 +1,336 @@
+"""SessionGroups: one connection's group subscriptions, presence and publishes.
+
+A session's subscriptions are stored with its user's keys, so they follow the
+session to whichever node it reconnects to: the new node restores each one
+(after the position the session acknowledged) before it sends ``welcome``.
+Each group is read like the inbox, by a :class:`SessionDelivery` of its own,
+fed live by the node's :class:`GroupFanout`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.logger import Logger
+
+from wsha import keys, wire
+from wsha.delivery import SessionDelivery
+from wsha.groups import GroupStore, PresenceEntry
+from wsha.inbox import InboxEntry
+from wsha.services.group_fanout import GroupFanout
+from wsha.services.redis_service import RedisUnavailable
+from wsha.sessions import Claim
+
+if TYPE_CHECKING:
+    from wsha.client_session import ClientSession
+    from wsha.gateway import LiveNodes
+
+MAX_GROUPS_PER_SESSION = 256
+"""Groups one session may be subscribed to at once."""
+
+
+@dataclass
+class GroupHub:
+    """What a node's sessions share for groups: the store, the fan-out, liveness.
+
+    :param store: groups and subscriptions in Redis.
+    :param fanout: the node's Pub/Sub link.
+    :param live_nodes: which nodes are alive (presence of dead ones is hidden).
+    :param max_groups: groups one session may be subscribed to.
+    """
+
+    store: GroupStore
+    fanout: GroupFanout
+    live_nodes: LiveNodes
+    max_groups: int = MAX_GROUPS_PER_SESSION
+
+    @inlineCallbacks
+    def online(self, group: str) -> Any:
+        """Fire with the group's present members on live nodes."""
+        entries = yield self.store.presence(group)
+        return [e for e in entries if self.live_nodes.is_live(e.node)]
+
+
+@lru_cache(maxsize=4096)
+def _group_frame(group: str, entry_id: str, sender: str, body: str, ts: int) -> bytes:
+    # A message fanned out to many local members is encoded once.
+    return wire.encode_group_message(group, entry_id, sender, body, ts)
+
+
+def presence_list(entries: list[PresenceEntry]) -> list[dict[str, str]]:
+    """Present members as they appear in frames and control-API answers."""
+    return [{"user": e.user, "session": e.session, "node": e.node} for e in entries]
+
+
+class GroupMember:
+    """One session's membership of one group on this node.
+
+    :param client: the session's connection.
+    :param group: the group.
+    :param store: where the group's history is read.
+    :param position: the history id the session has seen.
+    :param presence: the session receives the group's join and leave events.
+    """
+
+    def __init__(
+        self,
+        client: ClientSession,
+        group: str,
+        store: GroupStore,
+        position: str,
+        presence: bool,
+    ):
+        self.client = client
+        self.group = group
+        self.presence = presence
+        self.delivery = SessionDelivery(
+            store, group, position, self.deliver, client.gateway.clock
+        )
+
+    def offer(self, entry: InboxEntry, previous: str) -> None:
+        """A live message: sent at once if it is the next one, else pulled."""
+        self.delivery.offer(entry, previous)
+
+    def poke(self) -> None:
+        """Read the group's history after what this session was sent."""
+        self.delivery.poke()
+
+    def presence_event(self, kind: str, user: str, session: str) -> None:
+        """Tell the client who joined or left, if it asked to know."""
+        if self.presence:
+            self.client.send_frame(
+                {"type": kind, "group": self.group, "user": user, "session": session}
+            )
+
+    def deliver(self, entries: list[InboxEntry]) -> None:
+        """Write history entries to the client as ``group_message`` frames."""
+        for e in entries:
+            self.client.send_bytes(
+                _group_frame(self.group, e.id, e.sender, e.body_json, e.ts)
+            )
+
+
+class SessionGroups:
+    """The groups of one connection.
+
+    :param client: the connection.
+    :param hub: the node's group parts.
+    """
+
+    log = Logger()
+
+    def __init__(self, client: ClientSession, hub: GroupHub):
+        self.client = client
+        self.hub = hub
+        self.members: dict[str, GroupMember] = {}
+        self.closed = False
+
+    @property
+    def _node(self) -> str:
+        return self.client.gateway.node_id
+
+    @inlineCallbacks
+    def restore(self, claim: Claim) -> Any:
+        """Rejoin every group the session is subscribed to; fires welcome's ``groups``.
+
+        Each group resumes after the position the session acknowledged there.
+        """
+        groups = sorted(claim.subscriptions)
+        joined = yield gatherResults(
+            [self._join(group) for group in groups], consumeErrors=True
+        )
+        restored = {}
+        for group, (_, trimmed) in zip(groups, joined, strict=True):
+            position = claim.subscriptions[group]
+            self._attach(group, position, group in claim.presence_groups)
+            restored[group] = {
+                "after": position,
+                "truncated": _lost(trimmed, position),
+            }
+        return restored
+
+    @inlineCallbacks
+    def subscribe(self, frame: wire.Subscribe) -> Any:
+        """Serve a ``subscribe`` to a group: store it, join, answer, then deliver."""
+        group = frame.group
+        assert group is not None
+        if group not in self.members and len(self.members) >= self.hub.max_groups:
+            self._error(
+                frame.id, "too_many_subscriptions", f"over {self.hub.max_groups}"
+            )
+            return
+        client = self.client
+        try:
+            head, trimmed = yield self._join(group)
+            position = yield self.hub.store.subscribe(
+                client.user, client.session, group, head, frame.after, frame.presence
+            )
+        except Exception as e:
+            self._failed(frame.id, "subscribe", group, e)
+            return
+        if self.closed:
+            return
+        current = self.members.get(group)
+        if current is not None:
+            current.presence = frame.presence
+            if frame.after is not None:
+                # Moved on purpose: read again from the position asked for.
+                self._detach(group)
+                current = None
+        answer: dict[str, Any] = {
+            "type": "subscribed",
+            "group": group,
+            "after": position,
+            "truncated": _lost(trimmed, position),
+        }
+        if frame.id is not None:
+            answer["id"] = frame.id
+        if frame.presence:
+            online = yield self.hub.online(group)
+            answer["presence"] = presence_list(online)
+        client.send_frame(answer)
+        if current is None and not self.closed:
+            self._attach(group, position, frame.presence)
+
+    @inlineCallbacks
+    def unsubscribe(self, frame: wire.Unsubscribe) -> Any:
+        """Serve an ``unsubscribe``: no more messages, membership and presence end."""
+        group = frame.group
+        assert group is not None
+        client = self.client
+        self._detach(group)
+        try:
+            yield self.hub.store.unsubscribe(client.user, client.session, group)
+            yield self.hub.store.leave(
+                group, client.user, client.session, "", self._node, end_membership=True
+            )
+        except Exception as e:
+            self._failed(frame.id, "unsubscribe", group, e)
+            return
+        answer: dict[str, Any] = {"type": "unsubscribed", "group": group}
+        if frame.id is not None:
+            answer["id"] = frame.id
+        client.send_frame(answer)
+
+    @inlineCallbacks
+    def presence(self, frame: wire.PresenceQuery) -> Any:
+        """Answer a ``presence`` request of a member with who is online."""
+        if frame.group not in self.members:
+            self._error(frame.id, "not_subscribed", f"not in group {frame.group}")
+            return
+        try:
+            online = yield self.hub.online(frame.group)
+        except Exception as e:
+            self._failed(frame.id, "presence", frame.group, e)
+            return
+        answer: dict[str, Any] = {
+            "type": "presence",
+            "group": frame.group,
+            "members": presence_list(online),
+        }
+        if frame.id is not None:
+            answer["id"] = frame.id
+        self.client.send_frame(answer)
+
+    def acknowledge(self, group: str, upto: str) -> None:
+        """Record the session's position in ``group`` (only up to what was sent)."""
+        member = self.members.get(group)
+        if member is None:
+            self._error(None, "not_subscribed", f"not in group {group}")
+            return
+        if wire.stream_id_key(upto) > wire.stream_id_key(member.delivery.last_sent):
+            self._error(None, "bad_frame", "ack beyond the last group message sent")
+            return
+        client = self.client
+        d = self.hub.store.acknowledge(
+            client.user, client.session, str(client.epoch), group, upto
+        )
+        d.addErrback(self._log_failure, "group ack", group)
+
+    def publish(self, frame: wire.Publish) -> Deferred[Any]:
+        """Store a ``publish`` in the group's history; fires PublishResult."""
+        client = self.client
+        d: Deferred[Any] = self.hub.store.publish(
+            frame.group,
+            client.user,
+            frame.id,
+            wire.encode_body(frame.body),
+            int(client.gateway.clock.seconds() * 1000),
+            member=keys.member(client.user, client.session),
+        )
+        return d
+
+    def poke_all(self) -> None:
+        """Read every group's history again (after a store outage)."""
+        for member in self.members.values():
+            member.poke()
+
+    def close(self) -> Deferred[Any]:
+        """The connection is gone: stop delivering and leave presence (fenced)."""
+        self.closed = True
+        client = self.client
+        epoch = str(client.epoch)
+        leaving = []
+        for group in list(self.members):
+            self._detach(group)
+            d = self.hub.store.leave(
+                group, client.user, client.session, epoch, self._node
+            )
+            d.addErrback(self._log_failure, "leave", group)
+            leaving.append(d)
+        return gatherResults(leaving)
+
+    def _join(self, group: str) -> Deferred[tuple[str, str]]:
+        client = self.client
+        d: Deferred[Any] = self.hub.store.join(
+            group, client.user, client.session, str(client.epoch), self._node
+        )
+        return d.addCallback(lambda joined: (joined.head, joined.trimmed))
+
+    def _attach(self, group: str, position: str, presence: bool) -> None:
+        member = GroupMember(self.client, group, self.hub.store, position, presence)
+        self.members[group] = member
+        self.hub.fanout.attach(group, member)
+        member.poke()
+
+    def _detach(self, group: str) -> None:
+        member = self.members.pop(group, None)
+        if member is not None:
+            member.delivery.stop()
+            self.hub.fanout.detach(group, member)
+
+    def _error(self, frame_id: str | None, code: str, message: str) -> None:
+        self.client.send_frame(wire.error_frame(code, message, frame_id))
+
+    def _failed(
+        self, frame_id: str | None, step: str, group: str, e: Exception
+    ) -> None:
+        if isinstance(e, RedisUnavailable):
+            self._error(frame_id, "unavailable", f"{step} of {group} not done")
+            return
+        self.log.warn(
+            "Group {step} of {group} failed: {error}",
+            step=step,
+            group=group,
+            error=str(e),
+        )
+        self._error(frame_id, "internal", f"{step} of {group} not done")
+
+    def _log_failure(self, reason: Any, step: str, group: str) -> None:
+        emit = self.log.debug if reason.check(RedisUnavailable) else self.log.warn
+        emit(
+            "Group {step} of {group} for {user}/{session} failed: {error}",
+            step=step,
+            group=group,
+            user=self.client.user,
+            session=self.client.session,
+            error=reason.getErrorMessage(),
+        )
+
+
+def _lost(trimmed: str, position: str) -> bool:
+    # Messages after the position are gone if the limit trimmed a newer one.
+    return bool(trimmed) and wire.stream_id_key(trimmed) > wire.stream_id_key(position)
