@@ -20,31 +20,63 @@ from wsha.services.redis_service import RedisUnavailable
 MAX_REQUEST_BYTES = 1024 * 1024
 
 
-def _write_json(request: IRequest, status: int, payload: dict[str, Any]) -> bytes:
+def write_json(request: IRequest, status: int, payload: dict[str, Any]) -> bytes:
+    """Set ``status`` and the JSON headers; return ``payload`` encoded."""
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"application/json")
     request.setHeader(b"cache-control", b"no-store")
     return json.dumps(payload, separators=(",", ":")).encode()
 
 
-def _error(request: IRequest, status: int, code: str, message: str) -> bytes:
-    return _write_json(
+def error_response(request: IRequest, status: int, code: str, message: str) -> bytes:
+    """An error answer: its code, a message, and whether a retry can succeed."""
+    return write_json(
         request,
         status,
         {"error": code, "message": message, "retry": wire.ERRORS.get(code, False)},
     )
 
 
-def _respond_later(
-    request: IRequest, work: Deferred[tuple[int, dict[str, Any]]]
-) -> Any:
+def read_command(request: IRequest) -> dict[str, Any] | bytes:
+    """The request's JSON object, or the error response to return instead."""
+    raw = request.content.read(MAX_REQUEST_BYTES + 1)
+    if len(raw) > MAX_REQUEST_BYTES:
+        return error_response(request, 413, "body_too_big", "request over 1 MiB")
+    try:
+        command = json.loads(raw)
+    except ValueError:
+        return error_response(request, 400, "bad_json", "request body is not JSON")
+    if not isinstance(command, dict):
+        return error_response(
+            request, 400, "bad_frame", "request body must be an object"
+        )
+    return command
+
+
+def command_id(command: dict[str, Any]) -> str | None:
+    """The command's idempotency ``id`` (a random one if absent); None if invalid.
+
+    Only a missing id gets a random one: 0, "" or null are mistakes, and a
+    replaced id would make a retried command a second message.
+    """
+    client_id = command["id"] if "id" in command else uuid.uuid4().hex
+    if (
+        not isinstance(client_id, str)
+        or not client_id
+        or len(client_id) > wire.MAX_ID_LENGTH
+    ):
+        return None
+    return client_id
+
+
+def respond_later(request: IRequest, work: Deferred[tuple[int, dict[str, Any]]]) -> Any:
     """Finish ``request`` when ``work`` fires with (status, JSON body)."""
     log = Logger()
 
     def done(result: tuple[int, dict[str, Any]]) -> None:
         status, payload = result
         if not request._disconnected:  # type: ignore[attr-defined]
-            request.write(_write_json(request, status, payload))
+            request.write(write_json(request, status, payload))
             request.finish()
 
     def failed(reason: Any) -> None:
@@ -53,7 +85,9 @@ def _respond_later(
         else:
             log.failure("Control request {uri} failed", reason, uri=request.uri)
         if not request._disconnected:  # type: ignore[attr-defined]
-            request.write(_error(request, 503, "unavailable", reason.getErrorMessage()))
+            request.write(
+                error_response(request, 503, "unavailable", reason.getErrorMessage())
+            )
             request.finish()
 
     work.addCallbacks(done, failed)
@@ -78,7 +112,7 @@ class Guarded(resource.Resource):
     def render(self, request: IRequest) -> Any:
         """Refuse unauthorized requests before dispatching on the method."""
         if not self.authorized(request):
-            return _error(
+            return error_response(
                 request, 401, "unauthorized", "control token missing or wrong"
             )
         return super().render(request)
@@ -95,7 +129,7 @@ class Health(resource.Resource):
 
     def render_GET(self, request: IRequest) -> bytes:
         """Always 200 while the node runs."""
-        return _write_json(request, 200, {"status": "ok", "node": self._node_id})
+        return write_json(request, 200, {"status": "ok", "node": self._node_id})
 
 
 class Readiness(resource.Resource):
@@ -118,7 +152,7 @@ class Readiness(resource.Resource):
             details["ready"] = ready
             return (200 if ready else 503), details
 
-        return _respond_later(request, self._check().addCallback(answer))
+        return respond_later(request, self._check().addCallback(answer))
 
 
 class SendCommand(Guarded):
@@ -132,38 +166,32 @@ class SendCommand(Guarded):
 
     def render_POST(self, request: IRequest) -> Any:
         """Validate the JSON body, append to the inbox, answer with the inbox id."""
-        raw = request.content.read(MAX_REQUEST_BYTES + 1)
-        if len(raw) > MAX_REQUEST_BYTES:
-            return _error(request, 413, "body_too_big", "request over 1 MiB")
-        try:
-            command = json.loads(raw)
-        except ValueError:
-            return _error(request, 400, "bad_json", "request body is not JSON")
-        if not isinstance(command, dict):
-            return _error(request, 400, "bad_frame", "request body must be an object")
+        command = read_command(request)
+        if isinstance(command, bytes):
+            return command
 
         to = command.get("to")
         sender = command.get("from", "server")
-        # Only a missing id gets a random one: 0, "" or null are mistakes,
-        # and a replaced id would make a retried send a second message.
-        client_id = command["id"] if "id" in command else uuid.uuid4().hex
+        client_id = command_id(command)
         if not isinstance(to, str) or not wire.is_valid_user_id(to):
-            return _error(request, 400, "bad_recipient", "'to' must be a valid user id")
+            return error_response(
+                request, 400, "bad_recipient", "'to' must be a valid user id"
+            )
         if not isinstance(sender, str) or not wire.is_valid_user_id(sender):
-            return _error(request, 400, "bad_frame", "'from' must be a valid user id")
-        if (
-            not isinstance(client_id, str)
-            or not client_id
-            or len(client_id) > wire.MAX_ID_LENGTH
-        ):
-            return _error(
+            return error_response(
+                request, 400, "bad_frame", "'from' must be a valid user id"
+            )
+        if client_id is None:
+            return error_response(
                 request, 400, "bad_frame", "'id' must be a string of 1-128 chars"
             )
         if "body" not in command:
-            return _error(request, 400, "bad_frame", "'body' is required")
+            return error_response(request, 400, "bad_frame", "'body' is required")
         body_json = wire.encode_body(command["body"])
         if len(body_json.encode()) > self._gateway.max_body_bytes:
-            return _error(request, 413, "body_too_big", "body over the size limit")
+            return error_response(
+                request, 413, "body_too_big", "body over the size limit"
+            )
 
         def stored(result: Any) -> tuple[int, dict[str, Any]]:
             return 200, {
@@ -173,7 +201,7 @@ class SendCommand(Guarded):
             }
 
         work = self._gateway.submit(sender, to, client_id, body_json)
-        return _respond_later(request, work.addCallback(stored))
+        return respond_later(request, work.addCallback(stored))
 
 
 class UserLookup(Guarded):
@@ -200,9 +228,9 @@ class _UserResource(Guarded):
 
     def render_GET(self, request: IRequest) -> Any:
         if request.postpath and request.postpath != [b""]:
-            return _error(request, 404, "not_found", "no such resource")
+            return error_response(request, 404, "not_found", "no such resource")
         if not wire.is_valid_user_id(self._user):
-            return _error(request, 400, "bad_recipient", "not a valid user id")
+            return error_response(request, 400, "bad_recipient", "not a valid user id")
 
         def found(sessions: list[Any]) -> tuple[int, dict[str, Any]]:
             return 200, {
@@ -222,7 +250,7 @@ class _UserResource(Guarded):
             }
 
         d = ensureDeferred(self._gateway.registry.lookup(self._user))
-        return _respond_later(request, d.addCallback(found))
+        return respond_later(request, d.addCallback(found))
 
 
 class NodeList(Guarded):
@@ -242,7 +270,7 @@ class NodeList(Guarded):
 
     def render_GET(self, request: IRequest) -> Any:
         """Answer with the node registry as it is now."""
-        return _respond_later(request, self._listing().addCallback(lambda n: (200, n)))
+        return respond_later(request, self._listing().addCallback(lambda n: (200, n)))
 
 
 def control_site(
