@@ -289,6 +289,11 @@ def control_site(
     v1.putChild(b"users", UserLookup(gateway, token))
     if nodes is not None:
         v1.putChild(b"nodes", NodeList(nodes, token))
+    if gateway.groups is not None:
+        # Imported here: the group commands build on this module's helpers.
+        from wsha.control_groups import GroupCommands
+
+        v1.putChild(b"groups", GroupCommands(gateway, token))
     site = server.Site(root)
     site.displayTracebacks = False
     return site

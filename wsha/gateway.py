@@ -192,6 +192,9 @@ class Gateway:
         if notice["kind"] == topics.INBOX:
             self.poke_user(notice["user"])
             return
+        if notice["kind"] == topics.SUBSCRIPTIONS:
+            self.reload_subscriptions(notice["user"], notice["session"])
+            return
         user, session = notice["user"], str(notice.get("session"))
         epoch = int(notice.get("epoch", 0))
         client = self.local.get(user, {}).get(session)
@@ -200,6 +203,23 @@ class Gateway:
         else:
             # Our own claim of it may still be in flight; it checks this on return.
             self._remember_newer_claim(user, session, epoch)
+
+    def notify_subscriptions(self, node: str, user: str, session: str) -> None:
+        """Tell ``node``, which holds the session, that its subscriptions changed."""
+        if node == self.node_id:
+            self.reload_subscriptions(user, session)
+        elif self.live_nodes.is_live(node):
+            self.bus.send(
+                node,
+                topics.encode_subscriptions_notice(user, session),
+                key=user.encode(),
+            )
+
+    def reload_subscriptions(self, user: str, session: str) -> None:
+        """Bring a local session's groups in line with its stored subscriptions."""
+        client = self.local.get(user, {}).get(session)
+        if client is not None and client.groups is not None:
+            client.groups.reload()
 
     def _remember_newer_claim(self, user: str, session: str, epoch: int) -> None:
         key = (user, session)

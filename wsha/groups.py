@@ -280,6 +280,14 @@ class GroupStore:
         return {str(k): str(v) for k, v in zip(items[::2], items[1::2], strict=True)}
 
     @inlineCallbacks
+    def presence_subscriptions(self, user: str, session: str) -> Any:
+        """Fire with the groups whose presence events the session receives."""
+        reply = yield self._redis.execute_command(
+            "SMEMBERS", keys.presence_subscriptions(user, session)
+        )
+        return {str(g) for g in reply or ()}
+
+    @inlineCallbacks
     def acknowledge(
         self, user: str, session: str, epoch: str, group: str, upto: str
     ) -> Any:

@@ -263,6 +263,44 @@ class SessionGroups:
         )
         return d
 
+    @inlineCallbacks
+    def reload(self) -> Any:
+        """Follow subscriptions changed elsewhere (the control API).
+
+        New ones are joined and announced with ``subscribed``, dropped ones
+        stop and are announced with ``unsubscribed``; neither carries an ``id``.
+        """
+        client = self.client
+        try:
+            stored = yield self.hub.store.subscriptions(client.user, client.session)
+            presence = yield self.hub.store.presence_subscriptions(
+                client.user, client.session
+            )
+        except Exception as e:
+            self._failed(None, "reload", "subscriptions", e)
+            return
+        for group in sorted(set(self.members) - set(stored)):
+            self._detach(group)
+            client.send_frame({"type": "unsubscribed", "group": group})
+        for group in sorted(set(stored) - set(self.members)):
+            try:
+                _, trimmed = yield self._join(group)
+            except Exception as e:
+                self._failed(None, "subscribe", group, e)
+                continue
+            if self.closed or group in self.members:
+                continue
+            position = stored[group]
+            client.send_frame(
+                {
+                    "type": "subscribed",
+                    "group": group,
+                    "after": position,
+                    "truncated": _lost(trimmed, position),
+                }
+            )
+            self._attach(group, position, group in presence)
+
     def poke_all(self) -> None:
         """Read every group's history again (after a store outage)."""
         for member in self.members.values():
