@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from prometheus_client.twisted import MetricsResource
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 from twisted.web import resource, server
@@ -283,6 +284,7 @@ def control_site(
     root = resource.Resource()
     root.putChild(b"healthz", Health(gateway.node_id))
     root.putChild(b"readyz", Readiness(readiness))
+    root.putChild(b"metrics", MetricsResource())
     v1 = resource.Resource()
     root.putChild(b"v1", v1)
     v1.putChild(b"send", SendCommand(gateway, token))

@@ -322,7 +322,7 @@ class GroupStore:
         Entries of dead nodes are still listed; callers filter by liveness.
         """
         flat = yield self._redis.execute_command("HGETALL", keys.group_presence(group))
-        pairs = flat.items() if isinstance(flat, dict) else _pairs(flat)
+        pairs = flat.items() if isinstance(flat, dict) else flat_pairs(flat)
         found = []
         for member, holder in pairs:
             try:
@@ -334,7 +334,8 @@ class GroupStore:
         return sorted(found, key=lambda e: (e.user, e.session))
 
 
-def _pairs(flat: Any) -> list[tuple[Any, Any]]:
+def flat_pairs(flat: Any) -> list[tuple[Any, Any]]:
+    """Pair up a flat Redis reply (HGETALL's ``[k1, v1, k2, v2, ...]``)."""
     items = list(flat or ())
     return list(zip(items[::2], items[1::2], strict=True))
 

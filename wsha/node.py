@@ -17,6 +17,7 @@ from wsha.inbox import Durability, InboxLimits, InboxStore
 from wsha.nodes import READY, NodeStore
 from wsha.protocols.websocket import WS_PATH, GatewayServerFactory
 from wsha.reaper import DeadNodeReaper
+from wsha.services.consistency import ConsistencyChecker
 from wsha.services.group_fanout import GroupFanout
 from wsha.services.inbox_sweeper import InboxSweeper
 from wsha.services.kafka_bus import NodeBus
@@ -131,6 +132,20 @@ class GatewayNode(OrderedMultiService):
             live_nodes=reaper.liveness,
             groups=groups,
         )
+
+        self.checker = ConsistencyChecker(
+            reactor,
+            config.node_id,
+            self.redis,
+            reaper.store,
+            groups.store,
+            sessions,
+            self.fanout,
+            reaper.liveness.is_live,
+            config.consistency_interval,
+        )
+        self.checker.setName("consistency")
+        self.checker.setServiceParent(self)
 
         self.sweeper = InboxSweeper(
             reactor,

@@ -139,3 +139,53 @@ class SessionDeliveryTests(SynchronousTestCase):
         self.assertEqual(self.delivered(), ["1-0", "2-0", "3-0", "4-0"])
         afters = [read[0][1] for read in self.inbox.reads]
         self.assertEqual(afters, sorted(afters))
+
+
+class OfferTests(SynchronousTestCase):
+    """Live entries go out at once only when they are the next one needed."""
+
+    def setUp(self) -> None:
+        self.inbox = FakeInbox()
+        self.sent: list[str] = []
+        self.delivery = SessionDelivery(
+            self.inbox,
+            "room",
+            "5-0",
+            lambda entries: self.sent.extend(e.id for e in entries),
+            Clock(),
+        )
+
+    def test_next_entry_is_sent_without_a_read(self) -> None:
+        """An entry whose predecessor was the last one sent goes out directly."""
+        self.delivery.offer(make_entry("6-0"), "5-0")
+        self.delivery.offer(make_entry("7-0"), "6-0")
+        self.assertEqual(self.sent, ["6-0", "7-0"])
+        self.assertEqual(self.inbox.reads, [])
+
+    def test_a_gap_reads_the_stream_instead(self) -> None:
+        """An entry after one never sent makes the session read after its last id."""
+        self.delivery.offer(make_entry("8-0"), "7-0")
+        self.assertEqual(self.sent, [])
+        self.assertEqual(self.inbox.reads[-1][0], ("room", "5-0", 256))
+        self.inbox.reads[-1][1].callback([make_entry("7-0"), make_entry("8-0")])
+        self.assertEqual(self.sent, ["7-0", "8-0"])
+
+    def test_old_and_repeated_entries_are_dropped(self) -> None:
+        """An entry at or below the last id sent is never sent again."""
+        self.delivery.offer(make_entry("5-0"), "4-0")
+        self.delivery.offer(make_entry("6-0"), "5-0")
+        self.delivery.offer(make_entry("6-0"), "5-0")
+        self.assertEqual(self.sent, ["6-0"])
+
+    def test_entries_during_a_read_wait_for_it(self) -> None:
+        """While a read runs, a live entry only asks for another read, so the
+        two never interleave out of order."""
+        self.delivery.poke()
+        self.delivery.offer(make_entry("6-0"), "5-0")
+        self.assertEqual(self.sent, [])
+        self.inbox.reads[-1][1].callback([make_entry("6-0")])
+        self.inbox.reads[-1][1].callback([])
+        self.assertEqual(self.sent, ["6-0"])
+        self.delivery.stop()
+        self.delivery.offer(make_entry("7-0"), "6-0")
+        self.assertEqual(self.sent, ["6-0"])
