@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from wsha import wire
+from wsha.client_groups import ClientGroups
 
 Token = str | Callable[[], str]
 
@@ -124,7 +125,9 @@ class GatewayClient:
     should reload its state from its own source); ``on_stopped(code, reason)``
     when a close code says not to reconnect (4001 taken over, 1008 policy);
     ``on_disconnected(code, reason)`` whenever the current link is lost.
-    A network change is signalled with :meth:`switch_network`.
+    A network change is signalled with :meth:`switch_network`. Group
+    messages and presence events go to the hooks of ``groups``
+    (:class:`~wsha.client_groups.ClientGroups`).
     """
 
     log = Logger()
@@ -180,6 +183,7 @@ class GatewayClient:
         self._resend_call: IDelayedCall | None = None
         self._running = False
         self._connected_waiters: list[Deferred[dict[str, Any]]] = []
+        self.groups = ClientGroups(self._write_current)
 
     # Public API
 
@@ -215,6 +219,49 @@ class GatewayClient:
             "id": client_id or uuid.uuid4().hex,
             "body": body,
         }
+        return self._enqueue(frame)
+
+    def publish(
+        self, group: str, body: Any, client_id: str | None = None
+    ) -> Deferred[dict[str, Any]]:
+        """Publish ``body`` to ``group`` (this session must be subscribed).
+
+        Kept and re-sent like :meth:`send`, in one order with the sends;
+        fires with the gateway's ``ack`` frame (its ``history`` is the id).
+        """
+        frame = {
+            "type": "publish",
+            "group": group,
+            "id": client_id or uuid.uuid4().hex,
+            "body": body,
+        }
+        return self._enqueue(frame)
+
+    def subscribe(
+        self, group: str, presence: bool = False, after: str | None = None
+    ) -> Deferred[dict[str, Any]]:
+        """Subscribe this session to ``group``; fires with the ``subscribed`` frame.
+
+        The gateway keeps the subscription across reconnects, on any node.
+        """
+        frame: dict[str, Any] = {
+            "type": "subscribe",
+            "group": group,
+            "presence": presence,
+        }
+        if after is not None:
+            frame["after"] = after
+        return self.groups.request(frame)
+
+    def unsubscribe(self, group: str) -> Deferred[dict[str, Any]]:
+        """Unsubscribe from ``group``; fires with the ``unsubscribed`` frame."""
+        return self.groups.request({"type": "unsubscribe", "group": group})
+
+    def presence(self, group: str) -> Deferred[dict[str, Any]]:
+        """Ask who is online in ``group``; fires with the ``presence`` frame."""
+        return self.groups.request({"type": "presence", "group": group})
+
+    def _enqueue(self, frame: dict[str, Any]) -> Deferred[dict[str, Any]]:
         d: Deferred[dict[str, Any]] = Deferred()
         queued = self._pending.get(frame["id"])
         if queued is not None:
@@ -339,6 +386,10 @@ class GatewayClient:
 
     def _frame(self, link: _ClientProtocol, frame: dict[str, Any]) -> None:
         kind = frame.get("type")
+        if self.welcome is not None and self.groups.on_frame(frame):
+            if kind == "group_message":
+                self._schedule_ack()
+            return
         if kind == "welcome":
             self._welcomed(link, frame)
         elif kind == "message":
@@ -360,6 +411,7 @@ class GatewayClient:
             self._resend_call.cancel()
         self._resend_call = None
         self._send_all_again()
+        self.groups.welcomed(frame)
         if self.on_welcome is not None:
             self.on_welcome(frame)
         if frame.get("truncated") and self.on_resync is not None:
@@ -377,11 +429,14 @@ class GatewayClient:
             return
         self.last_id = entry_id
         self.stats.messages += 1
+        self._schedule_ack()
+        self._on_message(frame)
+
+    def _schedule_ack(self) -> None:
         if self._ack_call is None:
             self._ack_call = self._reactor.callLater(
                 self._ack_interval, self._flush_ack
             )
-        self._on_message(frame)
 
     def _error(self, frame: dict[str, Any]) -> None:
         client_id = frame.get("id")
@@ -440,9 +495,21 @@ class GatewayClient:
 
     def _flush_ack(self) -> None:
         self._ack_call = None
-        if self.last_id and self.last_id != self._acked_upto and self._link is not None:
+        if self._link is None:
+            return
+        if self.last_id and self.last_id != self._acked_upto:
             if self._write(self._link, {"type": "ack", "upto": self.last_id}):
                 self._acked_upto = self.last_id
+        if self.welcome is not None:
+            # A group ack lost with its link only delays the position stored.
+            for ack in self.groups.acks():
+                self._write(self._link, ack)
+
+    def _write_current(self, frame: dict[str, Any]) -> bool:
+        """Write ``frame`` on the current link once welcomed; False otherwise."""
+        if self._link is None or self.welcome is None:
+            return False
+        return self._write(self._link, frame)
 
     def _write(self, link: _ClientProtocol, frame: dict[str, Any]) -> bool:
         """Write ``frame`` if the link is open; False if it is closing or closed.

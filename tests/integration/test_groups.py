@@ -157,3 +157,54 @@ def test_publish_needs_membership_and_unsubscribe_ends_delivery(
     yield wait_for(lambda: b.of_type("pong"), 10, "pong")
     assert group_seqs(b, room) == [1]
     yield close(a, b)
+
+
+@pytest_twisted.inlineCallbacks
+def test_client_switching_node_mid_stream_loses_and_duplicates_nothing(
+    cluster: Cluster,
+) -> Any:
+    """A GatewayClient subscribed on node 2 moves to node 1 (new address, old
+    link left dead) half-way through 400 publishes of another client: it gets
+    all 400 in order once, without subscribing again, and the publisher's
+    client gets an ack for each."""
+    from twisted.internet import reactor
+
+    from wsha.client import GatewayClient
+
+    alice, bob = users("alice", "bob")
+    (room,) = users("room")
+
+    def start(node: int, user: str, session: str) -> GatewayClient:
+        c = GatewayClient(
+            reactor,
+            cluster.nodes[node].ws_url,
+            lambda: cluster.token(user),
+            session,
+            lambda frame: None,
+        )
+        c.start()
+        return c
+
+    got: list[dict[str, Any]] = []
+    a = start(0, alice, "laptop")
+    b = start(1, bob, "phone")
+    b.groups.on_group_message = got.append
+    try:
+        yield within(defer.gatherResults([a.when_connected(), b.when_connected()]))
+        yield within(defer.gatherResults([a.subscribe(room), b.subscribe(room)]))
+        acks = []
+        for seq in range(400):
+            if seq == 200:
+                yield wait_for(lambda: len(got) >= 100, 20, "100 before the switch")
+                b.url = cluster.nodes[0].ws_url
+                b.switch_network("127.0.0.2")
+            acks.append(a.publish(room, {"seq": seq}))
+        answered = yield within(defer.gatherResults(acks), 30)
+        assert len({ack["history"] for ack in answered}) == 400
+        yield wait_for(lambda: len(got) >= 400, 30, "all 400 at bob")
+        assert [m["body"]["seq"] for m in got] == list(range(400))
+        assert b.welcome is not None and b.welcome["node"] == cluster.nodes[0].node_id
+        assert room in b.welcome["groups"]
+    finally:
+        a.stop()
+        b.stop()
