@@ -31,7 +31,7 @@ from wsha.client_groups import ClientGroups
 Token = str | Callable[[], str]
 
 # What the client does after each close code (docs/protocol.md, "Close codes").
-STOP_CODES = {wire.CLOSE_TAKEN_OVER, wire.CLOSE_POLICY}
+STOP_CODES = {wire.CLOSE_TAKEN_OVER, wire.CLOSE_POLICY, wire.CLOSE_TOO_MANY_SESSIONS}
 NOW_CODES = {wire.CLOSE_RESTARTING}
 
 
