@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.logger import Logger
 
 from wsha import keys
 from wsha.inbox import (
@@ -98,6 +99,8 @@ class GroupStore:
     :param session_ttl: seconds a session's subscriptions live unused.
     :param durability: replicas that must confirm a publish before it counts.
     """
+
+    log = Logger()
 
     _publish_script = load("group_publish")
     _join_script = load("group_join")
@@ -185,9 +188,16 @@ class GroupStore:
         )
         # Listed for the consistency checker; a lost one only delays its check.
         self._redis.execute_command("SADD", keys.known_groups(), group).addErrback(
-            lambda reason: None
+            self._unlisted, group
         )
         return Joined(str(reply[0]), str(reply[1]), bool(int(reply[2])))
+
+    def _unlisted(self, reason: Any, group: str) -> None:
+        self.log.debug(
+            "Group {group} not listed for the checker: {error}",
+            group=group,
+            error=reason.getErrorMessage(),
+        )
 
     @inlineCallbacks
     def leave(

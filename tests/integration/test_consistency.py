@@ -64,10 +64,11 @@ def repairs(cluster: Cluster) -> Any:
 def test_drift_is_repaired_counted_and_announced(
     nodes: Cluster, services: Services
 ) -> Any:
-    """A member without a session, a presence entry and an online session held
-    by a node that never existed are all repaired within a few checks; the
-    group's members get the leave event, and /metrics counts each kind."""
-    alice, ghost, zed, yan = users("alice", "ghost", "zed", "yan")
+    """A member without a session, one whose session is not subscribed, a
+    presence entry and an online session held by a node that never existed are
+    all repaired within a few checks; the group's members get the leave event,
+    and /metrics counts each kind."""
+    alice, ghost, zed, yan, vic = users("alice", "ghost", "zed", "yan", "vic")
     (room,) = users("room")
     a = yield open_session(nodes, 0, alice, "laptop")
     yield subscribe(a, room, presence=True)
@@ -75,6 +76,8 @@ def test_drift_is_repaired_counted_and_announced(
     redis = yield connect_redis(redis_address(services), DATABASE)
     try:
         yield redis.sadd(keys.group_members(room), keys.member(ghost, "phone"))
+        yield redis.hset(keys.session(vic, "phone"), "epoch", "3")
+        yield redis.sadd(keys.group_members(room), keys.member(vic, "phone"))
         yield redis.hset(
             keys.group_presence(room), keys.member(zed, "phone"), "77 never-a-node"
         )
@@ -110,6 +113,7 @@ def test_drift_is_repaired_counted_and_announced(
     counted = yield repairs(nodes)
     for kind in (
         "member_without_session",
+        "member_without_subscription",
         "presence_on_dead_node",
         "session_on_dead_node",
     ):

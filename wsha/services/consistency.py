@@ -5,7 +5,7 @@ user's keys and a node's index) can be cut half-way by a crash or an outage.
 The checker runs periodically and repairs what such cuts leave behind:
 
 - Pub/Sub subscriptions of this node without a local member (every node);
-- group members whose session no longer exists;
+- group members whose session no longer exists or is no longer subscribed;
 - presence entries and online sessions held by nodes that are gone.
 
 The cluster-wide part runs on one node at a time, under a lock. Each repair is
@@ -170,21 +170,8 @@ class ConsistencyChecker(service.Service):
     @inlineCallbacks
     def _check_group(self, group: str, alive: set[str]) -> Any:
         repairs = 0
-        members = yield self._groups.members(group)
-        for member in members:
-            try:
-                user, session = split_member(member)
-            except ValueError:
-                continue
-            exists = yield self._redis.execute_command(
-                "EXISTS", keys.session(user, session)
-            )
-            if int(exists):
-                continue
-            yield self._groups.leave(group, user, session, "", "", end_membership=True)
-            self._repaired("member_without_session", group=group, member=member)
-            repairs += 1
-        for entry in (yield self._groups.presence(group)):
+        present = yield self._groups.presence(group)
+        for entry in present:
             if not self._gone(entry.node, alive):
                 continue
             left = yield self._groups.leave(
@@ -198,6 +185,38 @@ class ConsistencyChecker(service.Service):
                     node=entry.node,
                 )
                 repairs += 1
+        # A member online on a live node may be half-way through subscribing.
+        busy = {
+            keys.member(e.user, e.session)
+            for e in present
+            if not self._gone(e.node, alive)
+        }
+        members = yield self._groups.members(group)
+        for member in members:
+            if member in busy:
+                continue
+            try:
+                user, session = split_member(member)
+            except ValueError:
+                continue
+            exists = yield self._redis.execute_command(
+                "EXISTS", keys.session(user, session)
+            )
+            subscribed = yield self._redis.execute_command(
+                "HEXISTS", keys.subscriptions(user, session), group
+            )
+            if int(exists) and int(subscribed):
+                continue
+            # An unsubscribe cut between its two steps leaves a member without
+            # its subscription, which nothing else would ever remove.
+            yield self._groups.leave(group, user, session, "", "", end_membership=True)
+            kind = (
+                "member_without_subscription"
+                if int(exists)
+                else "member_without_session"
+            )
+            self._repaired(kind, group=group, member=member)
+            repairs += 1
         if not members:
             history = yield self._redis.execute_command(
                 "EXISTS", keys.group_history(group)
