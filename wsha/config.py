@@ -132,8 +132,10 @@ class NodeConfig:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.replace('_', '-')} must be positive")
-        if self.dedupe_ttl > self.inbox_ttl:
-            raise ValueError("dedupe-ttl must not exceed inbox-ttl")
+        if self.dedupe_ttl > min(self.inbox_ttl, self.group_history_ttl):
+            raise ValueError(
+                "dedupe-ttl must not exceed inbox-ttl nor group-history-ttl"
+            )
         parse_redis_url(self.redis)
         for name in ("redis_timeout", "redis_health_interval", "redis_reconnect_max"):
             if getattr(self, name) <= 0:

@@ -8,7 +8,6 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client.twisted import MetricsResource
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 from twisted.web import resource, server
@@ -16,6 +15,7 @@ from twisted.web.iweb import IRequest
 
 from wsha import wire
 from wsha.gateway import Gateway
+from wsha.metrics import MetricsPage
 from wsha.services.redis_service import RedisUnavailable
 
 MAX_REQUEST_BYTES = 1024 * 1024
@@ -284,7 +284,7 @@ def control_site(
     root = resource.Resource()
     root.putChild(b"healthz", Health(gateway.node_id))
     root.putChild(b"readyz", Readiness(readiness))
-    root.putChild(b"metrics", MetricsResource())
+    root.putChild(b"metrics", MetricsPage())
     v1 = resource.Resource()
     root.putChild(b"v1", v1)
     v1.putChild(b"send", SendCommand(gateway, token))

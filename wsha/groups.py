@@ -304,8 +304,14 @@ class GroupStore:
         """Move the session's position in ``group`` to ``upto``; fires True if moved."""
         reply = yield self._redis.eval(
             self._ack_script,
-            [keys.session(user, session), keys.subscriptions(user, session)],
-            [epoch, group, upto],
+            [
+                keys.session(user, session),
+                keys.subscriptions(user, session),
+                keys.sessions(user),
+                keys.online(user),
+                keys.presence_subscriptions(user, session),
+            ],
+            [epoch, group, upto, self.session_ttl],
         )
         return bool(int(reply))
 

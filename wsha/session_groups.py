@@ -143,12 +143,12 @@ class SessionGroups:
             [self._join(group) for group in groups], consumeErrors=True
         )
         restored = {}
-        for group, (_, trimmed) in zip(groups, joined, strict=True):
+        for group, (head, trimmed) in zip(groups, joined, strict=True):
             position = claim.subscriptions[group]
             self._attach(group, position, group in claim.presence_groups)
             restored[group] = {
                 "after": position,
-                "truncated": _lost(trimmed, position),
+                "truncated": _lost(trimmed, position, head),
             }
         return restored
 
@@ -184,7 +184,7 @@ class SessionGroups:
             "type": "subscribed",
             "group": group,
             "after": position,
-            "truncated": _lost(trimmed, position),
+            "truncated": _lost(trimmed, position, head),
         }
         if frame.id is not None:
             answer["id"] = frame.id
@@ -282,9 +282,11 @@ class SessionGroups:
         for group in sorted(set(self.members) - set(stored)):
             self._detach(group)
             client.send_frame({"type": "unsubscribed", "group": group})
+        for group, member in self.members.items():
+            member.presence = group in presence
         for group in sorted(set(stored) - set(self.members)):
             try:
-                _, trimmed = yield self._join(group)
+                head, trimmed = yield self._join(group)
             except Exception as e:
                 self._failed(None, "subscribe", group, e)
                 continue
@@ -296,7 +298,7 @@ class SessionGroups:
                     "type": "subscribed",
                     "group": group,
                     "after": position,
-                    "truncated": _lost(trimmed, position),
+                    "truncated": _lost(trimmed, position, head),
                 }
             )
             self._attach(group, position, group in presence)
@@ -369,6 +371,9 @@ class SessionGroups:
         )
 
 
-def _lost(trimmed: str, position: str) -> bool:
-    # Messages after the position are gone if the limit trimmed a newer one.
+def _lost(trimmed: str, position: str, head: str) -> bool:
+    # Messages after the position are gone if the limit trimmed a newer one,
+    # or if the whole history expired after the session had seen some of it.
+    if position != "0-0" and head == "0-0":
+        return True
     return bool(trimmed) and wire.stream_id_key(trimmed) > wire.stream_id_key(position)

@@ -65,10 +65,13 @@ def test_drift_is_repaired_counted_and_announced(
     nodes: Cluster, services: Services
 ) -> Any:
     """A member without a session, one whose session is not subscribed, a
-    presence entry and an online session held by a node that never existed are
-    all repaired within a few checks; the group's members get the leave event,
+    presence entry and an online session held by a node that never existed,
+    and a presence entry whose connection ended without leaving are all
+    repaired within a few checks; the group's members get the leave events,
     and /metrics counts each kind."""
-    alice, ghost, zed, yan, vic = users("alice", "ghost", "zed", "yan", "vic")
+    alice, ghost, zed, yan, vic, una = users(
+        "alice", "ghost", "zed", "yan", "vic", "una"
+    )
     (room,) = users("room")
     a = yield open_session(nodes, 0, alice, "laptop")
     yield subscribe(a, room, presence=True)
@@ -82,15 +85,25 @@ def test_drift_is_repaired_counted_and_announced(
             keys.group_presence(room), keys.member(zed, "phone"), "77 never-a-node"
         )
         yield redis.hset(keys.online(yan), "tablet", "never-a-node")
+        # A connection of una on a live node ended, but its leave was lost.
+        yield redis.hmset(keys.session(una, "phone"), {"epoch": "8", "online": "0"})
+        yield redis.hset(
+            keys.group_presence(room),
+            keys.member(una, "phone"),
+            f"8 {nodes.nodes[1].node_id}",
+        )
         yield redis.hmset(
             keys.session(yan, "tablet"),
             {"node": "never-a-node", "epoch": "5", "online": "1"},
         )
 
         yield wait_for(
-            lambda: ("leave", zed, "phone") in presence_events(a, room),
+            lambda: (
+                {("leave", zed, "phone"), ("leave", una, "phone")}
+                <= set(presence_events(a, room))
+            ),
             10,
-            "leave event of the stale presence entry",
+            "leave events of the stale presence entries",
         )
 
         @defer.inlineCallbacks
@@ -115,6 +128,7 @@ def test_drift_is_repaired_counted_and_announced(
         "member_without_session",
         "member_without_subscription",
         "presence_on_dead_node",
+        "presence_without_connection",
         "session_on_dead_node",
     ):
         assert counted.get(kind, 0) >= 1, counted

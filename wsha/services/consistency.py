@@ -6,7 +6,8 @@ The checker runs periodically and repairs what such cuts leave behind:
 
 - Pub/Sub subscriptions of this node without a local member (every node);
 - group members whose session no longer exists or is no longer subscribed;
-- presence entries and online sessions held by nodes that are gone.
+- presence entries and online sessions held by nodes that are gone;
+- presence entries of connections that ended without leaving (Redis failed it).
 
 The cluster-wide part runs on one node at a time, under a lock. Each repair is
 counted in ``wsha_consistency_repairs_total{kind}`` and logged.
@@ -24,7 +25,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from wsha import keys, metrics
-from wsha.groups import GroupStore, flat_pairs, split_member
+from wsha.groups import GroupStore, PresenceEntry, flat_pairs, split_member
 from wsha.nodes import NodeStore
 from wsha.services.group_fanout import GroupFanout
 from wsha.sessions import SessionRegistry
@@ -185,12 +186,26 @@ class ConsistencyChecker(service.Service):
                     node=entry.node,
                 )
                 repairs += 1
-        # A member online on a live node may be half-way through subscribing.
-        busy = {
-            keys.member(e.user, e.session)
-            for e in present
-            if not self._gone(e.node, alive)
-        }
+        busy = set()
+        for entry in present:
+            if self._gone(entry.node, alive):
+                continue
+            stale = yield self._connection_ended(entry)
+            if stale:
+                left = yield self._groups.leave(
+                    group, entry.user, entry.session, entry.epoch, entry.node
+                )
+                if left:
+                    self._repaired(
+                        "presence_without_connection",
+                        group=group,
+                        member=keys.member(entry.user, entry.session),
+                        node=entry.node,
+                    )
+                    repairs += 1
+                continue
+            # A member online on a live node may be half-way through subscribing.
+            busy.add(keys.member(entry.user, entry.session))
         members = yield self._groups.members(group)
         for member in members:
             if member in busy:
@@ -224,6 +239,18 @@ class ConsistencyChecker(service.Service):
             if not int(history):
                 yield self._redis.execute_command("SREM", keys.known_groups(), group)
         return repairs
+
+    @inlineCallbacks
+    def _connection_ended(self, entry: PresenceEntry) -> Any:
+        # The connection that joined has ended (its session is offline at that
+        # epoch, or gone) but its leave never ran: Redis failed it.
+        state = yield self._redis.execute_command(
+            "HMGET", keys.session(entry.user, entry.session), "epoch", "online"
+        )
+        epoch, online = [*list(state or ()), None, None][:2]
+        if epoch is None:
+            return True
+        return str(online) != "1" and str(epoch) == entry.epoch
 
     @inlineCallbacks
     def _check_online(self, alive: set[str]) -> Any:
