@@ -115,20 +115,22 @@ class ClientSession:
             if not opened:
                 return
 
-        welcome: dict[str, Any] = {
-            "type": "welcome",
-            "node": self.gateway.node_id,
-            "user": self.user,
-            "session": self.session,
-            "epoch": self.epoch,
-            "resumed": claim.resumed,
-            "after": claim.replay_after,
-            "replayed": claim.pending,
-            "truncated": claim.trimmed,
-        }
-        if self.broadcasts is not None:
-            welcome.update(self.broadcasts.welcome_fields())
-        self.link.send_frame(wire.encode(welcome))
+        self.link.send_frame(
+            wire.encode(
+                {
+                    "type": "welcome",
+                    "node": self.gateway.node_id,
+                    "user": self.user,
+                    "session": self.session,
+                    "epoch": self.epoch,
+                    "resumed": claim.resumed,
+                    "after": claim.replay_after,
+                    "replayed": claim.pending,
+                    "truncated": claim.trimmed,
+                    **self._broadcast_welcome(),
+                }
+            )
+        )
 
         self.delivery = self.gateway.new_delivery(self, claim.replay_after)
         self.delivery.poke()
@@ -164,6 +166,11 @@ class ClientSession:
             self.link.close(wire.CLOSE_TRY_LATER, "session store unavailable")
             return False
         return not (self.closed or self.closing)
+
+    def _broadcast_welcome(self) -> dict[str, Any]:
+        if self.broadcasts is None:
+            return {}
+        return self.broadcasts.welcome_fields()
 
     def _send_broadcast(self, frame: bytes) -> None:
         if not self.closed:
