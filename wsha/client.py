@@ -65,6 +65,8 @@ class ClientStats:
     messages: int = 0
     duplicates_dropped: int = 0
     resends: int = 0
+    broadcasts: int = 0
+    broadcast_duplicates_dropped: int = 0
     closes: dict[int, int] = field(default_factory=dict)
 
 
@@ -118,6 +120,10 @@ class GatewayClient:
         fails at once with ``queue_full`` instead of buffering without bound.
     :param max_in_flight: the most sends written and not yet answered; the
         rest wait in order in the client.
+    :param on_broadcast: called with each new ``broadcast`` frame, in history
+        order (broadcasts are acknowledged like messages).
+    :param broadcast_after: the last broadcast id this device saw in an earlier
+        life.
 
     Hooks the application may set: ``on_welcome(frame)`` after each (re)connect;
     ``on_resync(frame)`` when a resume could not be honoured because messages
@@ -147,6 +153,8 @@ class GatewayClient:
         rng: random.Random | None = None,
         max_pending: int = 10_000,
         max_in_flight: int = 256,
+        on_broadcast: Callable[[dict[str, Any]], None] | None = None,
+        broadcast_after: str | None = None,
     ):
         self._reactor = reactor
         self.url = url
@@ -155,6 +163,9 @@ class GatewayClient:
         self._on_message = on_message
         self.bind_address = bind_address
         self.last_id = after
+        self.on_broadcast = on_broadcast
+        self.last_broadcast_id = broadcast_after
+        self._broadcast_acked_upto = broadcast_after
         self._ack_interval = ack_interval
         self._ping = (ping_interval, ping_timeout)
         self._rng = rng or random.Random()
@@ -316,6 +327,8 @@ class GatewayClient:
         query = {"token": token, "session": self.session}
         if self.last_id:
             query["after"] = self.last_id
+        if self.last_broadcast_id:
+            query["broadcast_after"] = self.last_broadcast_id
         url = f"{self.url}?{urlencode(query)}"
         parsed = urlparse(self.url)
         if parsed.hostname is None:
@@ -394,6 +407,8 @@ class GatewayClient:
             self._welcomed(link, frame)
         elif kind == "message":
             self._message(frame)
+        elif kind == "broadcast":
+            self._broadcast(frame)
         elif kind == "ack":
             entry = self._pending.pop(frame.get("id", ""), None)
             if entry is not None:
@@ -406,6 +421,10 @@ class GatewayClient:
 
     def _welcomed(self, link: _ClientProtocol, frame: dict[str, Any]) -> None:
         self.welcome = frame
+        start = frame.get("broadcast_after")
+        if self.last_broadcast_id is None and isinstance(start, str):
+            # Where this session's broadcasts began: resume from there next time.
+            self.last_broadcast_id = self._broadcast_acked_upto = start
         self.backoff.reset()
         if self._resend_call is not None and self._resend_call.active():
             self._resend_call.cancel()
@@ -437,6 +456,19 @@ class GatewayClient:
             self._ack_call = self._reactor.callLater(
                 self._ack_interval, self._flush_ack
             )
+
+    def _broadcast(self, frame: dict[str, Any]) -> None:
+        entry_id = frame["id"]
+        if self.last_broadcast_id and wire.stream_id_key(
+            entry_id
+        ) <= wire.stream_id_key(self.last_broadcast_id):
+            self.stats.broadcast_duplicates_dropped += 1
+            return
+        self.last_broadcast_id = entry_id
+        self.stats.broadcasts += 1
+        self._schedule_ack()
+        if self.on_broadcast is not None:
+            self.on_broadcast(frame)
 
     def _error(self, frame: dict[str, Any]) -> None:
         client_id = frame.get("id")
@@ -500,6 +532,11 @@ class GatewayClient:
         if self.last_id and self.last_id != self._acked_upto:
             if self._write(self._link, {"type": "ack", "upto": self.last_id}):
                 self._acked_upto = self.last_id
+        upto = self.last_broadcast_id
+        if upto and upto != self._broadcast_acked_upto:
+            frame = {"type": "ack", "broadcast": True, "upto": upto}
+            if self._write(self._link, frame):
+                self._broadcast_acked_upto = upto
         if self.welcome is not None:
             # A group ack lost with its link only delays the position stored.
             for ack in self.groups.acks():

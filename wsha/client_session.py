@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.logger import Logger
 
 from wsha import wire
+from wsha.broadcast.session import SessionBroadcasts
 from wsha.delivery import SessionDelivery
 from wsha.groups import NotAMember
 from wsha.inbox import InboxEntry
@@ -48,12 +49,21 @@ class ClientSession:
     :param user: the authenticated user id.
     :param session: the client-chosen session (device) id.
     :param after: the last inbox id the client says it saw, if any.
+    :param tags: the tags the client's token carries (broadcast audiences).
+    :param broadcast_after: the last broadcast id the client says it saw, if any.
     """
 
     log = Logger()
 
     def __init__(
-        self, gateway: Gateway, link: Link, user: str, session: str, after: str | None
+        self,
+        gateway: Gateway,
+        link: Link,
+        user: str,
+        session: str,
+        after: str | None,
+        tags: frozenset[str] = frozenset(),
+        broadcast_after: str | None = None,
     ):
         self.gateway = gateway
         self.link = link
@@ -63,6 +73,9 @@ class ClientSession:
         self.epoch: int | None = None
         self.claim: Claim | None = None
         self.delivery: SessionDelivery | None = None
+        self.tags = tags
+        self.broadcast_after = broadcast_after
+        self.broadcasts: SessionBroadcasts | None = None
         self.closed = False
         self.closing = False
         self._early_frames: list[str] = []
@@ -123,9 +136,18 @@ class ClientSession:
                 self.link.close(wire.CLOSE_TRY_LATER, "subscriptions not restored")
                 return
             if self.closed or self.closing:
+                # Its presence was joined meanwhile: leave it again (fenced).
+                self.groups.close()
                 return
 
         self.claim = claim
+        if self.gateway.broadcasts is not None:
+            opened = yield self._open_broadcasts()
+            if not opened:
+                if self.groups is not None:
+                    self.groups.close()
+                return
+
         self.link.send_frame(
             wire.encode(
                 {
@@ -139,16 +161,56 @@ class ClientSession:
                     "replayed": claim.pending,
                     "truncated": claim.trimmed,
                     "groups": restored,
+                    **self._broadcast_welcome(),
                 }
             )
         )
 
         self.delivery = self.gateway.new_delivery(self, claim.replay_after)
         self.delivery.poke()
+        if self.groups is not None:
+            self.groups.go_live()
+        if self.broadcasts is not None:
+            self.broadcasts.start()
 
         early, self._early_frames = self._early_frames, []
         for text in early:
             self.on_text(text)
+
+    @inlineCallbacks
+    def _open_broadcasts(self) -> Any:
+        # Where this session's broadcasts resume; fires False if the
+        # connection was closed meanwhile or must close.
+        assert self.gateway.broadcasts is not None
+        try:
+            self.broadcasts = yield self.gateway.broadcasts.open(
+                self.user,
+                self.session,
+                str(self.epoch),
+                self.tags,
+                self.broadcast_after,
+                self._send_broadcast,
+            )
+        except Exception as e:
+            emit = self.log.debug if isinstance(e, RedisUnavailable) else self.log.warn
+            emit(
+                "Broadcast cursor of {user}/{session} not read: {error}",
+                user=self.user,
+                session=self.session,
+                error=str(e),
+            )
+            self.link.close(wire.CLOSE_TRY_LATER, "session store unavailable")
+            return False
+        return not (self.closed or self.closing)
+
+    def _broadcast_welcome(self) -> dict[str, Any]:
+        if self.broadcasts is None:
+            return {}
+        return self.broadcasts.welcome_fields()
+
+    def _send_broadcast(self, frame: bytes) -> None:
+        if not self.closed:
+            self.link.send_frame(frame)
 
     def on_text(self, text: str) -> None:
         """Handle one text frame from the client."""
@@ -185,6 +247,14 @@ class ClientSession:
 
     def _on_subscription_frame(self, frame: wire.ClientFrame) -> None:
         # Groups, market data and broadcasts are served by their own parts.
+        if isinstance(frame, wire.Ack) and frame.broadcast:
+            if self.broadcasts is None:
+                self._reply(wire.error_frame("unknown_type", "no broadcasts here"))
+                return
+            error = self.broadcasts.acknowledge(frame.upto)
+            if error is not None:
+                self._reply(error)
+            return
         groups = self.groups
         frame_id = getattr(frame, "id", None)
         if groups is None or getattr(frame, "instrument", None) is not None:
@@ -258,6 +328,8 @@ class ClientSession:
         self.closed = True
         if self.delivery is not None:
             self.delivery.stop()
+        if self.broadcasts is not None:
+            self.broadcasts.stop()
         if self.epoch is not None:
             if self.groups is not None:
                 self.groups.close()

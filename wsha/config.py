@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import uuid
 from collections.abc import Mapping
@@ -11,6 +12,9 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from wsha.services.redis_url import parse_redis_url
+
+TOPIC_PATTERN = re.compile(r"^[A-Za-z0-9._\-]{1,249}$")
+"""What Kafka accepts as a topic name."""
 
 
 def generate_node_id() -> str:
@@ -114,6 +118,14 @@ class NodeConfig:
     dead_topic_delay: float = setting(
         60.0, "Seconds from a dead node's cleanup to deleting its Kafka topic."
     )
+    broadcast_topic: str = setting(
+        "wsha.broadcast",
+        "Kafka topic of system broadcasts (read by every node); it also names "
+        "their history in Redis.",
+    )
+    broadcast_history_length: int = setting(
+        1000, "System broadcasts kept for sessions that resume (exact)."
+    )
 
     def check(self) -> None:
         """Raise ValueError naming the first setting that cannot work."""
@@ -159,6 +171,10 @@ class NodeConfig:
             raise ValueError("heartbeat-ttl must be at least twice heartbeat-interval")
         if self.dead_topic_delay < 0:
             raise ValueError("dead-topic-delay must not be negative")
+        if not TOPIC_PATTERN.match(self.broadcast_topic):
+            raise ValueError("broadcast-topic must be a Kafka topic name")
+        if self.broadcast_history_length <= 0:
+            raise ValueError("broadcast-history-length must be positive")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> NodeConfig:

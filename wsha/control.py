@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -279,8 +279,10 @@ def control_site(
     readiness: Callable[[], Deferred[tuple[bool, dict[str, Any]]]],
     token: str | None,
     nodes: Callable[[], Deferred[dict[str, Any]]] | None = None,
+    commands: Mapping[bytes, resource.Resource] | None = None,
 ) -> server.Site:
-    """Build the control API's site; ``nodes`` lists the node registry."""
+    """Build the control API's site; ``nodes`` lists the node registry, and
+    ``commands`` adds more ``/v1/`` resources by path segment."""
     root = resource.Resource()
     root.putChild(b"healthz", Health(gateway.node_id))
     root.putChild(b"readyz", Readiness(readiness))
@@ -291,11 +293,8 @@ def control_site(
     v1.putChild(b"users", UserLookup(gateway, token))
     if nodes is not None:
         v1.putChild(b"nodes", NodeList(nodes, token))
-    if gateway.groups is not None:
-        # Imported here: the group commands build on this module's helpers.
-        from wsha.control_groups import GroupCommands
-
-        v1.putChild(b"groups", GroupCommands(gateway, token))
+    for name, command in (commands or {}).items():
+        v1.putChild(name, command)
     site = server.Site(root)
     site.displayTracebacks = False
     return site

@@ -8,7 +8,7 @@ keeps the table of this node's live sessions.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -21,6 +21,9 @@ from wsha.inbox import AppendResult, InboxStore
 from wsha.services.redis_service import RedisUnavailable
 from wsha.session_groups import GroupHub
 from wsha.sessions import Claim, SessionRegistry
+
+if TYPE_CHECKING:
+    from wsha.broadcast.feed import BroadcastFeed
 
 NEWER_CLAIM_MEMORY = 30.0
 """Seconds a takeover notice for a session not (yet) live here is remembered."""
@@ -89,6 +92,8 @@ class Gateway:
         self._newer_claims: dict[tuple[str, str], int] = {}
         # Sessions whose release failed (Redis down): retried when it is back.
         self._unreleased: dict[tuple[str, str], str] = {}
+        # The node's system broadcasts, when it serves them (set by the node).
+        self.broadcasts: BroadcastFeed | None = None
 
     # Sessions
 

@@ -150,3 +150,27 @@ def consistency_lock() -> str:
 def retired_topics() -> str:
     """A sorted set of node ids whose Kafka topic is due for deletion, by due time."""
     return f"{_NODES_TAG}:retired"
+
+
+def _broadcast_tag(topic: str) -> str:
+    # One slot per broadcast channel, named by its Kafka topic, so that two
+    # clusters (or test runs) sharing Redis and Kafka never mix histories.
+    return f"{PREFIX}:{{b:{topic}}}"
+
+
+def broadcast_history(topic: str) -> str:
+    """The bounded Redis Stream of the system broadcasts sent on ``topic``."""
+    return f"{_broadcast_tag(topic)}:history"
+
+
+def broadcast_trimmed(topic: str) -> str:
+    """The newest broadcast id trimmed from the history by its length limit."""
+    return f"{_broadcast_tag(topic)}:trimmed"
+
+
+def broadcast_dedupe(topic: str, sender: str, client_id: str) -> str:
+    """Marks that ``sender``'s broadcast ``client_id`` is stored; holds its id.
+
+    The sender's length comes first for the reason given in :func:`dedupe`.
+    """
+    return f"{_broadcast_tag(topic)}:dedupe:{len(sender)}:{sender}:{client_id}"

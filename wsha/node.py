@@ -9,8 +9,13 @@ from twisted.logger import Logger
 
 from wsha.admission import AdmissionGate
 from wsha.auth import TokenVerifier
+from wsha.broadcast.control import BroadcastCommand
+from wsha.broadcast.feed import BroadcastFeed
+from wsha.broadcast.sender import Broadcaster
+from wsha.broadcast.store import BroadcastStore
 from wsha.config import NodeConfig
 from wsha.control import control_site
+from wsha.control_groups import GroupCommands
 from wsha.gateway import Gateway
 from wsha.groups import GroupLimits, GroupStore
 from wsha.inbox import Durability, InboxLimits, InboxStore
@@ -60,7 +65,14 @@ class GatewayNode(OrderedMultiService):
         self.redis.setName("redis")
         self.redis.setServiceParent(self)
 
-        self.bus = NodeBus(reactor, config.kafka, config.node_id, self._on_notice)
+        self.bus = NodeBus(
+            reactor,
+            config.kafka,
+            config.node_id,
+            self._on_notice,
+            broadcast_topic=config.broadcast_topic,
+            on_broadcast=self._on_broadcast,
+        )
         self.bus.setName("kafka")
         self.bus.setServiceParent(self)
 
@@ -147,9 +159,23 @@ class GatewayNode(OrderedMultiService):
         self.checker.setName("consistency")
         self.checker.setServiceParent(self)
 
+        broadcast_store = BroadcastStore(
+            self.redis,
+            config.broadcast_topic,
+            config.broadcast_history_length,
+            config.dedupe_ttl,
+            config.session_ttl,
+            durability,
+        )
+        self.broadcasts = BroadcastFeed(broadcast_store, config.node_id, reactor)
+        self.broadcasts.setName("broadcast-feed")
+        self.broadcasts.setServiceParent(self)
+        self.gateway.broadcasts = self.broadcasts
+        broadcaster = Broadcaster(broadcast_store, self.bus, self.broadcasts, reactor)
+
         self.sweeper = InboxSweeper(
             reactor,
-            self.gateway.poke_all,
+            self._sweep,
             config.inbox_sweep_interval,
             config.kafka_fallback_interval,
         )
@@ -163,6 +189,12 @@ class GatewayNode(OrderedMultiService):
             self.readiness,
             config.control_token or None,
             nodes=self.registry.listing,
+            commands={
+                b"broadcast": BroadcastCommand(
+                    broadcaster, config.control_token or None, config.max_body_bytes
+                ),
+                b"groups": GroupCommands(self.gateway, config.control_token or None),
+            },
         )
         self.control = ListenerService(reactor, config.control_port, site)
         self.control.setName("control")
@@ -188,6 +220,15 @@ class GatewayNode(OrderedMultiService):
     def _on_notice(self, raw: bytes) -> None:
         self.gateway.on_notice(raw)
 
+    def _on_broadcast(self, raw: bytes) -> None:
+        self.broadcasts.on_record(raw)
+
+    def _sweep(self) -> None:
+        # Inboxes and the broadcast history are both read on the sweep's timer
+        # (fast while Kafka is unreachable), whatever notices were lost.
+        self.gateway.poke_all()
+        self.broadcasts.catch_up()
+
     def _describe(self) -> tuple[str, str, int]:
         return (
             self.config.public_url or self.websocket.url("ws", WS_PATH),
@@ -201,6 +242,7 @@ class GatewayNode(OrderedMultiService):
     def _on_redis_change(self, available: bool) -> None:
         if available:
             self.gateway.store_recovered()
+            self.broadcasts.catch_up()
 
     @inlineCallbacks
     def startService(self) -> Any:

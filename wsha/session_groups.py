@@ -127,6 +127,7 @@ class SessionGroups:
         self.hub = hub
         self.members: dict[str, GroupMember] = {}
         self.closed = False
+        self._restored: list[tuple[str, str, bool]] = []
 
     @property
     def _node(self) -> str:
@@ -136,7 +137,8 @@ class SessionGroups:
     def restore(self, claim: Claim) -> Any:
         """Rejoin every group the session is subscribed to; fires welcome's ``groups``.
 
-        Each group resumes after the position the session acknowledged there.
+        Each group resumes after the position the session acknowledged there,
+        once :meth:`go_live` is called (after the welcome is sent).
         """
         groups = sorted(claim.subscriptions)
         joined = yield gatherResults(
@@ -145,12 +147,19 @@ class SessionGroups:
         restored = {}
         for group, (head, trimmed) in zip(groups, joined, strict=True):
             position = claim.subscriptions[group]
-            self._attach(group, position, group in claim.presence_groups)
+            self._restored.append((group, position, group in claim.presence_groups))
             restored[group] = {
                 "after": position,
                 "truncated": _lost(trimmed, position, head),
             }
         return restored
+
+    def go_live(self) -> None:
+        """Start delivering the restored groups: nothing may precede ``welcome``."""
+        restored, self._restored = self._restored, []
+        for group, position, presence in restored:
+            if group not in self.members and not self.closed:
+                self._attach(group, position, presence)
 
     @inlineCallbacks
     def subscribe(self, frame: wire.Subscribe) -> Any:
@@ -314,7 +323,9 @@ class SessionGroups:
         client = self.client
         epoch = str(client.epoch)
         leaving = []
-        for group in list(self.members):
+        # Restored groups not live yet were joined too.
+        restored, self._restored = [g for g, _, _ in self._restored], []
+        for group in list(self.members) + restored:
             self._detach(group)
             d = self.hub.store.leave(
                 group, client.user, client.session, epoch, self._node

@@ -16,6 +16,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ttl", type=float, default=3600.0, help="seconds it is valid")
     parser.add_argument("--audience", help="the 'aud' claim, if the node requires one")
     parser.add_argument(
+        "--tag",
+        action="append",
+        dest="tags",
+        help="a tag for the 'tags' claim (broadcast audiences); repeatable",
+    )
+    parser.add_argument(
         "--secret",
         default=os.environ.get("WSHA_JWT_SECRET"),
         help="HS256 secret (default: $WSHA_JWT_SECRET)",
@@ -24,7 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.secret:
         parser.error("no secret: pass --secret or set WSHA_JWT_SECRET")
     sys.stdout.write(
-        mint_token(args.secret, args.user, args.ttl, audience=args.audience) + "\n"
+        mint_token(
+            args.secret, args.user, args.ttl, audience=args.audience, tags=args.tags
+        )
+        + "\n"
     )
     return 0
 

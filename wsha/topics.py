@@ -7,6 +7,9 @@ in Redis is the truth, so a lost notification delays delivery, never loses it.
 import json
 from typing import Any
 
+from wsha.broadcast.entry import BroadcastEntry, parse_audience
+from wsha.wire import is_valid_stream_id
+
 PREFIX = "wsha"
 
 
@@ -20,6 +23,9 @@ INBOX = "inbox"
 
 TAKEOVER = "takeover"
 """Notification kind: a newer connection claimed this session; close older ones."""
+
+BROADCAST = "broadcast"
+"""Record kind on the broadcast topic: a broadcast was stored in the history."""
 
 
 SUBSCRIPTIONS = "subscriptions"
@@ -64,3 +70,50 @@ def decode_notice(raw: bytes) -> dict[str, Any]:
         if not isinstance(epoch, int) or isinstance(epoch, bool):
             raise ValueError("takeover notice without an integer epoch")
     return notice
+
+
+BROADCAST_TOPIC = f"{PREFIX}.broadcast"
+"""The default topic every node reads in full: system broadcasts (one partition)."""
+
+
+def encode_broadcast_record(entry: BroadcastEntry, prev: str) -> bytes:
+    """Build the record that announces a stored broadcast to every node.
+
+    ``prev`` is the history id before the entry's: a node that has seen
+    exactly it knows it missed nothing in between.
+    """
+    audience = entry.audience.to_json() if entry.audience is not None else None
+    return json.dumps(
+        {
+            "kind": BROADCAST,
+            "id": entry.id,
+            "prev": prev,
+            "from": entry.sender,
+            "ts": entry.ts,
+            "audience": audience,
+            "body_json": entry.body_json,
+        },
+        separators=(",", ":"),
+        ensure_ascii=False,
+    ).encode()
+
+
+def decode_broadcast_record(raw: bytes) -> tuple[BroadcastEntry, str]:
+    """Parse a broadcast record into (entry, previous id); raises ValueError."""
+    record = json.loads(raw)
+    if not isinstance(record, dict) or record.get("kind") != BROADCAST:
+        raise ValueError("not a wsha broadcast record")
+    for field in ("id", "prev", "from", "body_json"):
+        if not isinstance(record.get(field), str):
+            raise ValueError(f"broadcast record without a string {field!r}")
+    for field in ("id", "prev"):
+        if not is_valid_stream_id(record[field]):
+            raise ValueError(f"broadcast record {field!r} is not a history id")
+    ts = record.get("ts")
+    if not isinstance(ts, int) or isinstance(ts, bool):
+        raise ValueError("broadcast record without an integer 'ts'")
+    audience = parse_audience(record.get("audience"))
+    entry = BroadcastEntry(
+        record["id"], record["from"], record["body_json"], ts, audience
+    )
+    return entry, record["prev"]

@@ -37,6 +37,7 @@ ERRORS: dict[str, bool] = {
     "bad_instrument": False,
     "not_subscribed": False,
     "too_many_subscriptions": False,
+    "bad_audience": False,
     "unavailable": True,
     "resend_earlier": True,
     "internal": True,
@@ -316,6 +317,13 @@ def encode_group_message(
     """Encode a ``group_message`` frame around a body that is already JSON."""
     head: dict[str, Any] = {"type": "group_message", "group": group, "id": entry_id}
     head.update({"from": sender, "ts": ts})
+    return splice_json(head, "body", body_json)
+
+
+def encode_broadcast(entry_id: str, sender: str, body_json: str, ts: int) -> bytes:
+    """Encode a ``broadcast`` frame around a body that is already JSON."""
+    head: dict[str, Any] = {"type": "broadcast", "id": entry_id, "from": sender}
+    head["ts"] = ts
     return splice_json(head, "body", body_json)
 
 

@@ -40,9 +40,9 @@ class Cluster:
     nodes: list[LocalNode]
     secret: str
 
-    def token(self, user: str, ttl: float = 600) -> str:
-        """A valid token for ``user``."""
-        return mint_token(self.secret, user, ttl)
+    def token(self, user: str, ttl: float = 600, tags: list[str] | None = None) -> str:
+        """A valid token for ``user``, carrying ``tags`` if given."""
+        return mint_token(self.secret, user, ttl, tags=tags)
 
 
 def _script(name: str, action: str) -> int:

@@ -86,3 +86,23 @@ def test_garbage_token_is_refused() -> None:
     """A string that is not a JWT is invalid, not an unexpected exception."""
     with pytest.raises(AuthError, match="invalid"):
         TokenVerifier(SECRET).verify("not.a.jwt")
+
+
+def test_tags_claim_is_returned_with_the_user() -> None:
+    """identify() returns the user and the token's tags; verify() the user alone."""
+    token = mint_token(SECRET, "u", tags=["gold", "team/eu"])
+    identity = TokenVerifier(SECRET).identify(token)
+    assert (identity.user, identity.tags) == ("u", frozenset({"gold", "team/eu"}))
+    assert TokenVerifier(SECRET).verify(token) == "u"
+
+
+def test_a_token_without_tags_has_none() -> None:
+    """No ``tags`` claim means no tags."""
+    assert TokenVerifier(SECRET).identify(mint_token(SECRET, "u")).tags == frozenset()
+
+
+@pytest.mark.parametrize("tags", ["gold", [1], ["a b"], [""], {"gold": True}])
+def test_malformed_tags_are_refused(tags: Any) -> None:
+    """A ``tags`` claim that is not a list of tag names makes the token invalid."""
+    with pytest.raises(AuthError, match="tags"):
+        TokenVerifier(SECRET).identify(sign({"sub": "u", "tags": tags}))

@@ -417,3 +417,75 @@ class InFlightWindowTests(ClientHarness):
         self.welcome(fresh)
         self.assertEqual([f["id"] for f in fresh.sent], ["c1", "c2"])
         self.assertEqual(self.client.stats.resends, 2)
+
+
+class GatewayClientBroadcastTests(ClientHarness):
+    """Broadcasts: handed over once each, in order, acknowledged, resumed."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.broadcasts: list[dict[str, Any]] = []
+        self.client.on_broadcast = self.broadcasts.append
+
+    def broadcast(self, link: FakeLink, entry_id: str) -> None:
+        """Deliver a broadcast frame with history id ``entry_id``."""
+        self.client._frame(link, {"type": "broadcast", "id": entry_id, "body": 1})
+
+    def test_broadcasts_are_handed_over_once_in_order(self) -> None:
+        """Broadcasts not after the last one handled are dropped and counted."""
+        link = self.open()
+        self.client._frame(link, {"type": "welcome", "broadcast_after": "1-0"})
+        for entry_id in ("1-0", "2-0", "10-0", "9-9", "10-0", "10-1"):
+            self.broadcast(link, entry_id)
+
+        self.assertEqual([b["id"] for b in self.broadcasts], ["2-0", "10-0", "10-1"])
+        self.assertEqual(self.client.stats.broadcasts, 3)
+        self.assertEqual(self.client.stats.broadcast_duplicates_dropped, 3)
+        self.assertEqual(self.messages, [])
+
+    def test_broadcasts_are_acknowledged_apart_from_messages(self) -> None:
+        """Broadcasts get their own ack, with ``broadcast`` true, after the
+        ack interval; the welcome's starting point is not acknowledged."""
+        link = self.open()
+        self.client._frame(link, {"type": "welcome", "broadcast_after": "1-0"})
+        self.message(link, "4-0")
+        self.broadcast(link, "2-0")
+        self.broadcast(link, "3-0")
+
+        self.reactor.advance(0.05)
+
+        self.assertEqual(
+            link.sent,
+            [
+                {"type": "ack", "upto": "4-0"},
+                {"type": "ack", "broadcast": True, "upto": "3-0"},
+            ],
+        )
+        self.reactor.advance(1.0)
+        self.assertEqual(len(link.sent), 2)
+
+    def test_reconnect_resumes_after_the_last_broadcast(self) -> None:
+        """The next connection carries ``broadcast_after``: the last broadcast
+        handled, or where the welcome said broadcasts started."""
+        link = self.open()
+        self.client._frame(link, {"type": "welcome", "broadcast_after": "1-0"})
+        self.client._closed(link, 1006, None)
+        self.reactor.advance(15)
+        self.assertEqual(self.connect_query(1)["broadcast_after"], ["1-0"])
+
+        fresh = FakeLink()
+        self.client._opened(fresh)
+        self.client._frame(fresh, {"type": "welcome", "broadcast_after": "1-0"})
+        self.broadcast(fresh, "7-0")
+        self.client._closed(fresh, 1006, None)
+        self.reactor.advance(15)
+        self.assertEqual(self.connect_query(2)["broadcast_after"], ["7-0"])
+
+    def test_a_known_position_is_kept_over_the_welcome(self) -> None:
+        """A client that knows its position resumes from it, whatever the
+        welcome's starting point."""
+        self.client.last_broadcast_id = "5-0"
+        link = self.open()
+        self.assertEqual(self.connect_query(0)["broadcast_after"], ["5-0"])
+        self.client._frame(link, {"type": "welcome", "broadcast_after": "5-0"})
+        self.assertEqual(self.client.last_broadcast_id, "5-0")

@@ -35,6 +35,9 @@ def test_good_config_passes_check() -> None:
         ({"dedupe_ttl": 0}, "dedupe-ttl must be positive"),
         ({"session_ttl": 0}, "session-ttl must be positive"),
         ({"dedupe_ttl": 100, "inbox_ttl": 99}, "dedupe-ttl must not exceed"),
+        ({"broadcast_topic": "bad topic"}, "broadcast-topic must be a Kafka topic"),
+        ({"broadcast_topic": ""}, "broadcast-topic must be a Kafka topic"),
+        ({"broadcast_history_length": 0}, "broadcast-history-length must be"),
     ],
 )
 def test_check_names_the_broken_setting(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from confluent_kafka import KafkaError
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -71,3 +71,39 @@ class WithinTests(SynchronousTestCase):
         self.failureResultOf(waiter, DeferredTimeout)
         work.callback("late")
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class BroadcastTopicTests(SynchronousTestCase):
+    """The broadcast topic is read beside the node's own and handed over apart."""
+
+    def test_records_go_to_the_handler_of_their_topic(self) -> None:
+        """Notices go to on_notice, broadcast records to on_broadcast."""
+        notices: list[bytes] = []
+        broadcasts: list[bytes] = []
+        bus = NodeBus(
+            Clock(),
+            "127.0.0.1:1",
+            "n1",
+            notices.append,
+            broadcast_topic="wsha.broadcast.t",
+            on_broadcast=broadcasts.append,
+        )
+        batch = [("wsha.node.n1", b"notice"), ("wsha.broadcast.t", b"record")]
+
+        def one_poll(f: Any, *args: Any) -> Deferred[Any]:
+            bus._running = False
+            return succeed(batch)
+
+        bus._in_thread = one_poll  # type: ignore[method-assign]
+        bus._running = True
+        self.successResultOf(bus._poll_loop())
+
+        self.assertEqual((notices, broadcasts), ([b"notice"], [b"record"]))
+
+    def test_publish_before_start_is_dropped_not_raised(self) -> None:
+        """A broadcast record before the producer exists is dropped (the history
+        has the broadcast)."""
+        bus = NodeBus(
+            Clock(), "127.0.0.1:1", "n1", lambda raw: None, broadcast_topic="wsha.b"
+        )
+        bus.publish_broadcast(b"{}")

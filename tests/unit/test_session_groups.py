@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.unit.fakes import make_entry
+from tests.unit.fakes import make_claim, make_entry
 from tests.unit.group_fakes import GroupHarness, published
 from wsha import keys
+from wsha.groups import Joined
 
 
 class SessionGroupsTests(SynchronousTestCase):
@@ -158,3 +160,29 @@ class SessionGroupsTests(SynchronousTestCase):
             self.link.of_type("join"),
             [{"type": "join", "group": "a", "user": "bo", "session": "x"}],
         )
+
+
+class RestoreRaceTests(SynchronousTestCase):
+    """A connection that closes while its groups are being restored leaves them."""
+
+    def test_close_during_restore_leaves_the_joined_groups(self) -> None:
+        """Joins answered after the connection closed are left again (fenced by
+        its epoch), and nothing is delivered."""
+        harness = GroupHarness()
+        joins: list[Deferred[object]] = []
+
+        def slow_join(*args: object) -> Deferred[object]:
+            d: Deferred[object] = Deferred()
+            joins.append(d)
+            return d
+
+        harness.store.join = slow_join  # type: ignore[method-assign]
+        client, link, pending = harness.connect()
+        pending.callback(make_claim(7, subscriptions={"room": "4-0"}))
+        client.connection_lost()
+        joins[0].callback(Joined("9-0", "", True))
+        self.assertIn(
+            ("leave", "room", "alice", "phone", "7", False), harness.store.calls
+        )
+        self.assertEqual(link.frames, [])
+        self.assertEqual(harness.store.reads, [])

@@ -212,3 +212,35 @@ class OnConnectTests(SynchronousTestCase):
         self.protocol.onClose(True, 1000, None)
         assert self.protocol.client is not None
         self.assertTrue(self.protocol.client.closed)
+
+    def test_broadcast_position_and_token_tags_reach_the_session(self) -> None:
+        """``broadcast_after`` and the token's tags are handed to the session."""
+        token = mint_token(SECRET, "alice", tags=["gold"])
+        self.connect(token=token, session="s", broadcast_after="7-1")
+        client = self.protocol.client
+        assert client is not None
+        self.assertEqual(
+            (client.broadcast_after, client.tags), ("7-1", frozenset({"gold"}))
+        )
+
+    def test_bad_broadcast_position_closes_with_1008(self) -> None:
+        """A ``broadcast_after`` that is not a history id is refused with 1008."""
+        self.connect(token=self.token(), session="s", broadcast_after="latest")
+        self.protocol.onOpen()
+        self.assertEqual(self.closes[0][0], wire.CLOSE_POLICY)
+        self.assertIsNone(self.protocol.client)
+
+
+class SendFrameTests(SynchronousTestCase):
+    """Frames for a connection that is already closing are dropped."""
+
+    def test_frames_after_the_close_began_are_dropped(self) -> None:
+        """Autobahn refuses to send once closing; send_frame drops instead."""
+        protocol = GatewayServerProtocol()
+        sent: list[bytes] = []
+        protocol.sendMessage = lambda payload, isBinary: sent.append(payload)
+        protocol.state = GatewayServerProtocol.STATE_OPEN
+        protocol.send_frame(b"{}")
+        protocol.state = GatewayServerProtocol.STATE_CLOSING
+        protocol.send_frame(b"{}")
+        self.assertEqual(sent, [b"{}"])

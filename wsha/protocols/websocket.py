@@ -71,13 +71,14 @@ class GatewayServerProtocol(WebSocketServerProtocol):
             self._refusal = (wire.CLOSE_TRY_LATER, "too many new connections")
             return
         try:
-            user = self.factory.verifier.verify(bearer_token(request))
+            identity = self.factory.verifier.identify(bearer_token(request))
         except AuthError as e:
             self._refusal = (wire.CLOSE_UNAUTHORIZED, str(e))
             return
 
         session = _first(request.params, "session")
         after = _first(request.params, "after")
+        broadcast_after = _first(request.params, "broadcast_after")
         if session is None or not wire.is_valid_user_id(session):
             self._refusal = (
                 wire.CLOSE_POLICY,
@@ -88,9 +89,22 @@ class GatewayServerProtocol(WebSocketServerProtocol):
                 wire.CLOSE_POLICY,
                 "query parameter 'after' is not an inbox id",
             )
+        elif broadcast_after is not None and not wire.is_valid_stream_id(
+            broadcast_after
+        ):
+            self._refusal = (
+                wire.CLOSE_POLICY,
+                "query parameter 'broadcast_after' is not a broadcast id",
+            )
         else:
             self.client = ClientSession(
-                self.factory.gateway, self, user, session, after
+                self.factory.gateway,
+                self,
+                identity.user,
+                session,
+                after,
+                tags=identity.tags,
+                broadcast_after=broadcast_after,
             )
         return
 
@@ -121,7 +135,13 @@ class GatewayServerProtocol(WebSocketServerProtocol):
             self.client.connection_lost()
 
     def send_frame(self, payload: bytes) -> None:
-        """Send one text frame (the :class:`~wsha.client_session.Link` side)."""
+        """Send one text frame (the :class:`~wsha.client_session.Link` side).
+
+        A connection already closing drops it: Autobahn refuses to send then,
+        and the client resumes after what it last received.
+        """
+        if self.state != WebSocketServerProtocol.STATE_OPEN:
+            return
         self.sendMessage(payload, isBinary=False)
 
     def close(self, code: int, reason: str) -> None:

@@ -91,6 +91,10 @@ class NodeBus(service.Service):
     :param start_wait: seconds ``startService`` waits for the broker; after that
         the node starts without it and keeps trying in the background.
     :param probe_interval: seconds between checks that a lost broker is back.
+    :param broadcast_topic: the system broadcast topic, read in full too
+        (from its end when the bus attaches); None reads none.
+    :param on_broadcast: called on the reactor thread with each raw record of
+        the broadcast topic.
 
     ``healthy`` says whether notices flow; ``on_health_change`` (set by the
     node) hears each change, so the node can fall back to polling inboxes
@@ -108,6 +112,8 @@ class NodeBus(service.Service):
         batch_size: int = 500,
         start_wait: float = 10.0,
         probe_interval: float = 2.0,
+        broadcast_topic: str | None = None,
+        on_broadcast: NoticeHandler | None = None,
     ):
         self._reactor = reactor
         self._bootstrap = bootstrap
@@ -124,6 +130,8 @@ class NodeBus(service.Service):
         self._probe_interval = probe_interval
         self.healthy = False
         self.on_health_change: HealthListener | None = None
+        self.broadcast_topic = broadcast_topic
+        self._on_broadcast = on_broadcast
 
     @inlineCallbacks
     def startService(self) -> Any:
@@ -164,7 +172,11 @@ class NodeBus(service.Service):
                 yield deferLater(self._reactor, delay, lambda: None)
                 delay = min(delay * 2, 10.0)
         if self._consumer is not None:
-            self.log.info("Reading notices from {topic}", topic=self.topic)
+            self.log.info(
+                "Reading notices from {topic} and broadcasts from {broadcasts}",
+                topic=self.topic,
+                broadcasts=self.broadcast_topic,
+            )
             self._set_healthy(True)
             self._loops.append(self._poll_loop())
 
@@ -251,14 +263,33 @@ class NodeBus(service.Service):
         except BufferError:
             self.log.warn("Notice to {node} dropped: producer queue full", node=node_id)
 
+    def publish_broadcast(self, record: bytes) -> None:
+        """Queue a broadcast record for the broadcast topic; never blocks.
+
+        Best effort, like notices: a record lost here is found in the
+        broadcast history by every node's feed.
+        """
+        if self._producer is None or self.broadcast_topic is None:
+            self.log.warn("Broadcast record dropped: bus not started")
+            return
+        try:
+            # One key: every record on one partition, in the order sent.
+            self._producer.produce(self.broadcast_topic, record, key=b"broadcast")
+        except BufferError:
+            self.log.warn("Broadcast record dropped: producer queue full")
+
     def _in_thread(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
         return deferToThreadPool(self._reactor, self._pool, f, *args)
 
     def thd_create_topic(self) -> None:
-        """Create this node's single-partition topic if it does not exist yet."""
+        """Create this node's single-partition topic, and the broadcast topic,
+        if they do not exist yet."""
         admin = AdminClient({"bootstrap.servers": self._bootstrap})
+        names = [self.topic]
+        if self.broadcast_topic is not None:
+            names.append(self.broadcast_topic)
         futures = admin.create_topics(
-            [NewTopic(self.topic, num_partitions=1, replication_factor=1)],
+            [NewTopic(name, num_partitions=1, replication_factor=1) for name in names],
             operation_timeout=10,
             request_timeout=15,
         )
@@ -288,9 +319,10 @@ class NodeBus(service.Service):
                 raise
 
     def thd_open_consumer(self) -> Consumer:
-        """Open the consumer positioned at the current end of this node's topic.
+        """Open the consumer positioned at the current end of this node's topic
+        and of every partition of the broadcast topic.
 
-        The end is read as an explicit offset so that every notice sent after
+        The ends are read as explicit offsets so that every record sent after
         this call returns is seen, with no lazy offset reset racing it.
         """
         consumer = Consumer(
@@ -298,13 +330,25 @@ class NodeBus(service.Service):
                 consumer_config(self._bootstrap, f"wsha-node-{self.node_id}")
             )
         )
-        _, high = consumer.get_watermark_offsets(
-            TopicPartition(self.topic, 0), timeout=10
-        )
-        consumer.assign([TopicPartition(self.topic, 0, high)])
+        try:
+            partitions = [TopicPartition(self.topic, 0)]
+            if self.broadcast_topic is not None:
+                metadata = consumer.list_topics(self.broadcast_topic, timeout=10)
+                found = metadata.topics[self.broadcast_topic].partitions
+                if not found:
+                    raise KafkaException(f"{self.broadcast_topic} has no partitions")
+                partitions += [TopicPartition(self.broadcast_topic, p) for p in found]
+            for partition in partitions:
+                _, partition.offset = consumer.get_watermark_offsets(
+                    partition, timeout=10
+                )
+            consumer.assign(partitions)
+        except Exception:
+            consumer.close()
+            raise
         return consumer
 
-    def thd_poll(self) -> list[bytes]:
+    def thd_poll(self) -> list[tuple[str, bytes]]:
         """Wait up to 200 ms for a notice, then take whatever else is queued.
 
         ``consume(n, timeout)`` only returns once ``n`` messages arrived or the
@@ -322,7 +366,7 @@ class NodeBus(service.Service):
             if error is None:
                 value = message.value()
                 if value is not None:
-                    payloads.append(value)
+                    payloads.append((message.topic() or "", value))
             elif error.code() != KafkaError._PARTITION_EOF:
                 self.log.warn("Kafka consumer error: {error}", error=str(error))
         if payloads:
@@ -339,11 +383,14 @@ class NodeBus(service.Service):
                 # A consumer that fails at once would otherwise spin a core.
                 yield deferLater(self._reactor, 1.0, lambda: None)
                 continue
-            for payload in payloads:
+            for topic, payload in payloads:
                 try:
-                    self._on_notice(payload)
+                    if topic == self.broadcast_topic and self._on_broadcast:
+                        self._on_broadcast(payload)
+                    else:
+                        self._on_notice(payload)
                 except Exception:
-                    self.log.failure("Handling a notice failed")
+                    self.log.failure("Handling a record of {topic} failed", topic=topic)
 
     @inlineCallbacks
     def _report_loop(self) -> Any:
