@@ -329,6 +329,9 @@ class GatewayClient:
             query["after"] = self.last_id
         if self.last_broadcast_id:
             query["broadcast_after"] = self.last_broadcast_id
+        seen = self.groups.positions()
+        if seen:
+            query["group_after"] = json.dumps(seen, separators=(",", ":"))
         url = f"{self.url}?{urlencode(query)}"
         parsed = urlparse(self.url)
         if parsed.hostname is None:

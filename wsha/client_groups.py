@@ -102,6 +102,24 @@ class ClientGroups:
             return False
         return True
 
+    def positions(self) -> dict[str, str]:
+        """The last id handled per subscribed group, for ``group_after``.
+
+        Kept under about 3 KB of JSON so the connect URL passes balancers
+        with small request buffers; the gateway resumes any group left out
+        after its last acknowledged id (the client then drops the repeats).
+        """
+        chosen: dict[str, str] = {}
+        size = 2
+        for group in sorted(self.last):
+            if group not in self.subscribed:
+                continue
+            size += len(group) + len(self.last[group]) + 6
+            if size > 3000 or len(chosen) >= wire.MAX_GROUP_POSITIONS:
+                break
+            chosen[group] = self.last[group]
+        return chosen
+
     def acks(self) -> list[dict[str, Any]]:
         """The group ``ack`` frames due; each is taken as sent once returned."""
         due = []

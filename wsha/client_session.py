@@ -64,8 +64,11 @@ class ClientSession:
         after: str | None,
         tags: frozenset[str] = frozenset(),
         broadcast_after: str | None = None,
+        group_after: dict[str, str] | None = None,
     ):
         self.gateway = gateway
+        # The last group message ids the client says it saw, per group.
+        self.group_after = group_after or {}
         self.link = link
         self.user = user
         self.session = session

@@ -3,10 +3,12 @@
 User A on node 1 sends numbered messages to user B on node 2; half-way, B's
 network "changes": its TCP connection goes silent without a close, and it
 reconnects to node 1 from another source address (127.0.0.2). Then B sends
-as many back while A does the same towards node 2. The demo prints what was
-sent, delivered, lost, duplicated and out of order, and the time from each
-reconnect to the first replayed message; it exits 1 if anything was lost,
-duplicated or reordered.
+as many back while A does the same towards node 2. Last, A and B join a group
+in which user C publishes as many messages, and B switches network again
+half-way: its subscription follows it to the other node without a new
+subscribe. The demo prints what was sent, delivered, lost, duplicated and out
+of order, and the time from each reconnect to the first replayed message; it
+exits 1 if anything was lost, duplicated or reordered.
 
 Run it with ``scripts/demo`` (which starts Redis and Kafka), or directly:
 ``python -m wsha.demo --redis redis://127.0.0.1:6379/0 --kafka 127.0.0.1:9092``.
@@ -48,8 +50,12 @@ class Receipts:
             self.first_after_switch = time.monotonic()
         self.seqs.append(int(message["body"]["seq"]))
 
-    def report(self, sent: int, client: GatewayClient) -> dict[str, Any]:
-        """Count delivered, lost, duplicated and out-of-order messages."""
+    def report(self, sent: int, dropped: int) -> dict[str, Any]:
+        """Count delivered, lost, duplicated and out-of-order messages.
+
+        :param dropped: repeats the client itself dropped (resumed messages it
+            had already handled), counted as duplicates the gateway sent.
+        """
         unique = set(self.seqs)
         reordered = sum(
             1 for a, b in zip(self.seqs, self.seqs[1:], strict=False) if b < a
@@ -64,9 +70,7 @@ class Receipts:
             "sent": sent,
             "delivered": len(unique),
             "lost": len(set(range(sent)) - unique),
-            "duplicated": len(self.seqs)
-            - len(unique)
-            + client.stats.duplicates_dropped,
+            "duplicated": len(self.seqs) - len(unique) + dropped,
             "out_of_order": reordered,
             "replayed_on_reconnect": self.replayed,
             "reconnect_ms": reconnect_ms,
@@ -168,7 +172,7 @@ def run_demo(
     print(f"{user_a} on {node1.node_id}, {user_b} on {node2.node_id}")
 
     yield exchange(reactor, a, b, got_b, user_b, node1.ws_url, count, rate)
-    report_b = got_b.report(count, b)
+    report_b = got_b.report(count, b.stats.duplicates_dropped)
     print_report(
         f"{user_a} -> {user_b} ({user_b} dropped its link to {node2.node_id} and "
         f"came back on {node1.node_id} from {NEW_SOURCE})",
@@ -176,20 +180,77 @@ def run_demo(
     )
 
     yield exchange(reactor, b, a, got_a, user_a, node2.ws_url, count, rate)
-    report_a = got_a.report(count, a)
+    report_a = got_a.report(count, a.stats.duplicates_dropped)
     print_report(
         f"{user_b} -> {user_a} ({user_a} dropped its link to {node1.node_id} and "
         f"came back on {node2.node_id} from {NEW_SOURCE})",
         report_a,
     )
 
-    a.stop()
-    b.stop()
+    room = f"room-{suffix}"
+    c = GatewayClient(
+        reactor,
+        node1.ws_url,
+        lambda: mint_token(secret, user_c(suffix)),
+        "desk",
+        lambda frame: None,
+    )
+    c.start()
+    yield c.when_connected()
+    in_room_a, in_room_b = Receipts(), Receipts()
+    a.groups.on_group_message = in_room_a.record
+    b.groups.on_group_message = in_room_b.record
+    b.on_welcome = welcomed(in_room_b)
+    yield defer.gatherResults([x.subscribe(room) for x in (a, b, c)])
+    yield publish_in_group(reactor, c, b, in_room_b, room, node2.ws_url, count, rate)
+    yield wait_until(reactor, lambda: len(set(in_room_a.seqs)) >= count, 30)
+    reports = [report_a, report_b]
+    for user, receipts, client, where in (
+        (user_b, in_room_b, b, f"switched from {node1.node_id} to {node2.node_id}"),
+        (user_a, in_room_a, a, f"stayed on {node2.node_id}"),
+    ):
+        reports.append(receipts.report(count, client.groups.duplicates_dropped))
+        print_report(f"group {room}: {user_c(suffix)} -> {user} ({where})", reports[-1])
+
+    for client in (a, b, c):
+        client.stop()
     yield task.deferLater(reactor, 0.2, lambda: None)
     return all(
         r["lost"] == 0 and r["duplicated"] == 0 and r["out_of_order"] == 0
-        for r in (report_a, report_b)
+        for r in reports
     )
+
+
+def user_c(suffix: str) -> str:
+    """The group's publisher."""
+    return f"carol-{suffix}"
+
+
+@defer.inlineCallbacks
+def publish_in_group(
+    reactor: Any,
+    publisher: GatewayClient,
+    member: GatewayClient,
+    receipts: Receipts,
+    room: str,
+    new_url: str,
+    count: int,
+    rate: float,
+) -> Any:
+    """Publish ``count`` numbered messages; ``member`` switches network half-way."""
+    run = secrets.token_hex(4)
+    acks = []
+    for seq in range(count):
+        if seq == count // 2:
+            receipts.switch_started = time.monotonic()
+            member.url = new_url
+            member.switch_network(NEW_SOURCE)
+        acks.append(publisher.publish(room, {"seq": seq}, client_id=f"{run}-{seq}"))
+        if seq % 10 == 9:
+            yield task.deferLater(reactor, 10 / rate, lambda: None)
+    yield wait_until(reactor, lambda: all(d.called for d in acks), 60)
+    yield wait_until(reactor, lambda: len(set(receipts.seqs)) >= count, 30)
+    yield wait_until(reactor, lambda: False, 0.5)
 
 
 def main(argv: list[str] | None = None) -> int:

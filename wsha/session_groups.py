@@ -138,7 +138,8 @@ class SessionGroups:
         """Rejoin every group the session is subscribed to; fires welcome's ``groups``.
 
         Each group resumes after the position the session acknowledged there,
-        once :meth:`go_live` is called (after the welcome is sent).
+        or after the last id the client says it saw if that is later, once
+        :meth:`go_live` is called (after the welcome is sent).
         """
         groups = sorted(claim.subscriptions)
         joined = yield gatherResults(
@@ -146,7 +147,9 @@ class SessionGroups:
         )
         restored = {}
         for group, (head, trimmed) in zip(groups, joined, strict=True):
-            position = claim.subscriptions[group]
+            position = _later(
+                claim.subscriptions[group], self.client.group_after.get(group)
+            )
             self._restored.append((group, position, group in claim.presence_groups))
             restored[group] = {
                 "after": position,
@@ -380,6 +383,13 @@ class SessionGroups:
             session=self.client.session,
             error=reason.getErrorMessage(),
         )
+
+
+def _later(stored: str, seen: str | None) -> str:
+    # The client's own last id wins when it is ahead of its last ack.
+    if seen is not None and wire.stream_id_key(seen) > wire.stream_id_key(stored):
+        return seen
+    return stored
 
 
 def _lost(trimmed: str, position: str, head: str) -> bool:

@@ -146,6 +146,31 @@ def is_valid_name(name: str) -> bool:
     return bool(NAME_PATTERN.match(name))
 
 
+MAX_GROUP_POSITIONS = 256
+"""Groups a client may name in its ``group_after`` query parameter."""
+
+
+def parse_group_positions(text: str) -> dict[str, str]:
+    """Parse ``group_after``: a JSON object of group name to the last id seen.
+
+    :raises ValueError: if it is not such an object, or names too many groups.
+    """
+    try:
+        positions = json.loads(text)
+    except ValueError:
+        raise ValueError("'group_after' is not JSON") from None
+    if not isinstance(positions, dict) or len(positions) > MAX_GROUP_POSITIONS:
+        raise ValueError(
+            f"'group_after' must be an object of at most {MAX_GROUP_POSITIONS} groups"
+        )
+    for group, position in positions.items():
+        if not is_valid_name(group) or not (
+            isinstance(position, str) and is_valid_stream_id(position)
+        ):
+            raise ValueError("'group_after' maps group names to message ids")
+    return positions
+
+
 def is_valid_stream_id(value: str) -> bool:
     """Say whether ``value`` looks like a Redis Stream id (``<ms>-<seq>``)."""
     return bool(STREAM_ID_PATTERN.match(value))

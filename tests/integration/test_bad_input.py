@@ -96,6 +96,23 @@ def test_missing_session_closes_with_policy_code(cluster: Cluster) -> Any:
 
 
 @pytest_twisted.inlineCallbacks
+def test_malformed_group_after_closes_with_policy_code(cluster: Cluster) -> Any:
+    """A ``group_after`` that is not an object of group names to message ids
+    closes with 1008 before any welcome."""
+    (user,) = users("groupafter")
+    for value in (
+        "%5B1%5D",
+        "%7B%22g%22%3A%225%22%7D",
+        "%7B%22a%20b%22%3A%221-0%22%7D",
+    ):
+        query = f"token={cluster.token(user)}&session=s&group_after={value}"
+        peer = yield connect_raw(ws(cluster, query))
+        code, _ = yield within(peer.closed)
+        assert code == wire.CLOSE_POLICY
+        assert not peer.of_type("welcome")
+
+
+@pytest_twisted.inlineCallbacks
 def test_wrong_path_is_refused_at_handshake(cluster: Cluster) -> Any:
     """A WebSocket handshake on any path but /ws is refused (HTTP 404)."""
     url = cluster.nodes[0].ws_url.replace("/ws", "/elsewhere")

@@ -15,12 +15,21 @@ from wsha import wire
 
 @defer.inlineCallbacks
 def open_session(
-    cluster: Cluster, node: int, user: str, session: str, after: str | None = None
+    cluster: Cluster,
+    node: int,
+    user: str,
+    session: str,
+    after: str | None = None,
+    extra: str = "",
 ) -> Any:
-    """A raw connection of ``user``/``session`` on node ``node``, once welcomed."""
+    """A raw connection of ``user``/``session`` on node ``node``, once welcomed.
+
+    ``extra`` is appended to the query string as it is.
+    """
     url = f"{cluster.nodes[node].ws_url}?token={cluster.token(user)}&session={session}"
     if after is not None:
         url += f"&after={after}"
+    url += extra
     peer = yield connect_raw(url)
     yield within(peer.opened)
     yield wait_for(lambda: peer.of_type("welcome"), 10, f"welcome of {user}")
@@ -103,7 +112,9 @@ def test_group_messages_reach_members_on_every_node_in_order_once(
 def test_subscriptions_follow_the_session_to_another_node(cluster: Cluster) -> Any:
     """Bob subscribes on node 1, acknowledges 50 messages and drops; 50 more
     are published; he reconnects to node 2 without subscribing again and gets
-    exactly the 50 he missed, then live ones, in order, once."""
+    exactly the 50 he missed, then live ones, in order, once. Reconnecting
+    with ``group_after`` naming a later id than he acknowledged, he gets only
+    what came after it."""
     alice, bob = users("alice", "bob")
     (room,) = users("room")
     a = yield open_session(cluster, 0, alice, "laptop")
@@ -127,7 +138,19 @@ def test_subscriptions_follow_the_session_to_another_node(cluster: Cluster) -> A
     publish_all(a, room, 100, 10)
     yield wait_for(lambda: len(group_seqs(b2, room)) >= 60, 20, "10 live ones")
     assert group_seqs(b2, room) == list(range(50, 110))
-    yield close(a, b2)
+
+    # Seen but not acknowledged: named in group_after, it is not sent again.
+    seen = b2.of_type("group_message")[-1]["id"]
+    yield close(b2)
+    publish_all(a, room, 110, 5)
+    yield wait_for(lambda: len(a.of_type("ack")) == 115, 20, "115 publish acks")
+    b3 = yield open_session(
+        cluster, 0, bob, "phone", extra=f"&group_after=%7B%22{room}%22:%22{seen}%22%7D"
+    )
+    assert b3.of_type("welcome")[0]["groups"][room]["after"] == seen
+    yield wait_for(lambda: len(group_seqs(b3, room)) >= 5, 20, "the 5 unseen")
+    assert group_seqs(b3, room) == list(range(110, 115))
+    yield close(a, b3)
 
 
 @pytest_twisted.inlineCallbacks
@@ -203,6 +226,8 @@ def test_client_switching_node_mid_stream_loses_and_duplicates_nothing(
         assert len({ack["history"] for ack in answered}) == 400
         yield wait_for(lambda: len(got) >= 400, 30, "all 400 at bob")
         assert [m["body"]["seq"] for m in got] == list(range(400))
+        # It named its last id on reconnect: the gateway sent nothing twice.
+        assert b.groups.duplicates_dropped == 0
         assert b.welcome is not None and b.welcome["node"] == cluster.nodes[0].node_id
         assert room in b.welcome["groups"]
     finally:

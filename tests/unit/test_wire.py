@@ -236,3 +236,30 @@ def test_encode_message_splices_body_into_valid_json(body: object) -> None:
         "body": body,
     }
     assert raw.endswith(b',"body":' + wire.encode_body(body).encode() + b"}")
+
+
+@pytest.mark.parametrize(
+    ("text", "valid"),
+    [
+        ('{"room/1": "5-0"}', True),
+        ("{}", True),
+        ("[]", False),
+        ('{"room": 5}', False),
+        ('{"a b": "1-0"}', False),
+        ("{not json", False),
+    ],
+)
+def test_group_positions_parse(text: str, valid: bool) -> None:
+    """``group_after`` is an object of valid group names to message ids."""
+    if valid:
+        assert wire.parse_group_positions(text) == json.loads(text)
+    else:
+        with pytest.raises(ValueError):
+            wire.parse_group_positions(text)
+
+
+def test_group_positions_are_bounded() -> None:
+    """More groups than the limit are refused."""
+    many = {f"g{i}": "1-0" for i in range(wire.MAX_GROUP_POSITIONS + 1)}
+    with pytest.raises(ValueError):
+        wire.parse_group_positions(json.dumps(many))

@@ -79,6 +79,14 @@ class GatewayServerProtocol(WebSocketServerProtocol):
         session = _first(request.params, "session")
         after = _first(request.params, "after")
         broadcast_after = _first(request.params, "broadcast_after")
+        group_after: dict[str, str] = {}
+        try:
+            group_after = wire.parse_group_positions(
+                _first(request.params, "group_after") or "{}"
+            )
+        except ValueError as e:
+            self._refusal = (wire.CLOSE_POLICY, str(e))
+            return
         if session is None or not wire.is_valid_user_id(session):
             self._refusal = (
                 wire.CLOSE_POLICY,
@@ -105,6 +113,7 @@ class GatewayServerProtocol(WebSocketServerProtocol):
                 after,
                 tags=identity.tags,
                 broadcast_after=broadcast_after,
+                group_after=group_after,
             )
         return
 
