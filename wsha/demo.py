@@ -20,6 +20,7 @@ import argparse
 import secrets
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,17 +97,19 @@ def wait_until(reactor: Any, condition: Any, timeout: float) -> defer.Deferred[b
 
 
 @defer.inlineCallbacks
-def exchange(
+def drive(
     reactor: Any,
-    sender: GatewayClient,
+    send_one: Callable[[int, str], defer.Deferred[Any]],
     recipient: GatewayClient,
     receipts: Receipts,
-    to_user: str,
     new_url: str,
     count: int,
     rate: float,
 ) -> Any:
-    """Send ``count`` numbered messages; the recipient switches network half-way."""
+    """Send ``count`` numbered messages; the recipient switches network half-way.
+
+    :param send_one: sends message ``seq`` under client id ``<run>-<seq>``.
+    """
     run = secrets.token_hex(4)
     acks = []
     for seq in range(count):
@@ -114,9 +117,7 @@ def exchange(
             receipts.switch_started = time.monotonic()
             recipient.url = new_url
             recipient.switch_network(NEW_SOURCE)
-        acks.append(
-            sender.send(to_user, {"seq": seq, "run": run}, client_id=f"{run}-{seq}")
-        )
+        acks.append(send_one(seq, f"{run}-{seq}"))
         if seq % 10 == 9:
             yield task.deferLater(reactor, 10 / rate, lambda: None)
     acked = yield wait_until(reactor, lambda: all(d.called for d in acks), 60)
@@ -171,7 +172,15 @@ def run_demo(
     yield defer.gatherResults([a.when_connected(), b.when_connected()])
     print(f"{user_a} on {node1.node_id}, {user_b} on {node2.node_id}")
 
-    yield exchange(reactor, a, b, got_b, user_b, node1.ws_url, count, rate)
+    yield drive(
+        reactor,
+        lambda seq, cid: a.send(user_b, {"seq": seq}, client_id=cid),
+        b,
+        got_b,
+        node1.ws_url,
+        count,
+        rate,
+    )
     report_b = got_b.report(count, b.stats.duplicates_dropped)
     print_report(
         f"{user_a} -> {user_b} ({user_b} dropped its link to {node2.node_id} and "
@@ -179,7 +188,15 @@ def run_demo(
         report_b,
     )
 
-    yield exchange(reactor, b, a, got_a, user_a, node2.ws_url, count, rate)
+    yield drive(
+        reactor,
+        lambda seq, cid: b.send(user_a, {"seq": seq}, client_id=cid),
+        a,
+        got_a,
+        node2.ws_url,
+        count,
+        rate,
+    )
     report_a = got_a.report(count, a.stats.duplicates_dropped)
     print_report(
         f"{user_b} -> {user_a} ({user_a} dropped its link to {node1.node_id} and "
@@ -202,7 +219,15 @@ def run_demo(
     b.groups.on_group_message = in_room_b.record
     b.on_welcome = welcomed(in_room_b)
     yield defer.gatherResults([x.subscribe(room) for x in (a, b, c)])
-    yield publish_in_group(reactor, c, b, in_room_b, room, node2.ws_url, count, rate)
+    yield drive(
+        reactor,
+        lambda seq, cid: c.publish(room, {"seq": seq}, client_id=cid),
+        b,
+        in_room_b,
+        node2.ws_url,
+        count,
+        rate,
+    )
     yield wait_until(reactor, lambda: len(set(in_room_a.seqs)) >= count, 30)
     reports = [report_a, report_b]
     for user, receipts, client, where in (
@@ -224,33 +249,6 @@ def run_demo(
 def user_c(suffix: str) -> str:
     """The group's publisher."""
     return f"carol-{suffix}"
-
-
-@defer.inlineCallbacks
-def publish_in_group(
-    reactor: Any,
-    publisher: GatewayClient,
-    member: GatewayClient,
-    receipts: Receipts,
-    room: str,
-    new_url: str,
-    count: int,
-    rate: float,
-) -> Any:
-    """Publish ``count`` numbered messages; ``member`` switches network half-way."""
-    run = secrets.token_hex(4)
-    acks = []
-    for seq in range(count):
-        if seq == count // 2:
-            receipts.switch_started = time.monotonic()
-            member.url = new_url
-            member.switch_network(NEW_SOURCE)
-        acks.append(publisher.publish(room, {"seq": seq}, client_id=f"{run}-{seq}"))
-        if seq % 10 == 9:
-            yield task.deferLater(reactor, 10 / rate, lambda: None)
-    yield wait_until(reactor, lambda: all(d.called for d in acks), 60)
-    yield wait_until(reactor, lambda: len(set(receipts.seqs)) >= count, 30)
-    yield wait_until(reactor, lambda: False, 0.5)
 
 
 def main(argv: list[str] | None = None) -> int:
