@@ -17,7 +17,8 @@ from twisted.logger import Logger
 from wsha.inbox import InboxEntry, InboxStore
 from wsha.services.redis_service import RedisUnavailable
 
-Deliver = Callable[[list[InboxEntry]], None]
+Deliver = Callable[[list[InboxEntry]], int | None]
+"""Writes entries in order; returns how many it wrote (None: all of them)."""
 
 
 class SessionDelivery:
@@ -26,10 +27,14 @@ class SessionDelivery:
     :param inbox: where entries are read from.
     :param user: whose inbox.
     :param after: the inbox id the session has already seen.
-    :param deliver: called with each non-empty batch, in inbox order.
+    :param deliver: called with each non-empty batch, in inbox order; it may
+        write only the first entries (the connection backed up): the rest are
+        read again at the next poke.
     :param clock: schedules the retry after a failed read.
     :param batch_size: the most entries read per round trip.
     :param retry_delay: seconds to wait before retrying a failed read.
+    :param writable: says whether the connection takes more now; while it does
+        not, nothing is read, and the owner pokes once it does again.
     """
 
     log = Logger()
@@ -43,6 +48,7 @@ class SessionDelivery:
         clock: IReactorTime,
         batch_size: int = 256,
         retry_delay: float = 1.0,
+        writable: Callable[[], bool] = lambda: True,
     ):
         self._inbox = inbox
         self._user = user
@@ -55,6 +61,7 @@ class SessionDelivery:
         self._again = False
         self._stopped = False
         self._retry: IDelayedCall | None = None
+        self._writable = writable
 
     def poke(self) -> None:
         """Say the inbox may have grown; pulls now, or again after the pull running."""
@@ -76,7 +83,7 @@ class SessionDelivery:
     @inlineCallbacks
     def _pull(self) -> Any:
         try:
-            while not self._stopped:
+            while not self._stopped and self._writable():
                 self._again = False
                 entries = yield self._inbox.read_after(
                     self._user, self.last_sent, self._batch_size
@@ -84,8 +91,13 @@ class SessionDelivery:
                 if self._stopped:
                     return
                 if entries:
-                    self.last_sent = entries[-1].id
-                    self._deliver(entries)
+                    # Moved first: a deliver that raises never resends its batch.
+                    before, self.last_sent = self.last_sent, entries[-1].id
+                    written = self._deliver(entries)
+                    if written is not None and written < len(entries):
+                        # The rest is read again once the connection drains.
+                        self.last_sent = entries[written - 1].id if written else before
+                        return
                 if len(entries) < self._batch_size and not self._again:
                     return
         except Exception as e:
