@@ -103,6 +103,15 @@ class NodeConfig:
     dead_topic_delay: float = setting(
         60.0, "Seconds from a dead node's cleanup to deleting its Kafka topic."
     )
+    instrument_max_length: int = setting(
+        1000, "Ticks kept per instrument by the control API's publish (MAXLEN ~)."
+    )
+    slow_client_timeout: float = setting(
+        10.0, "Seconds a client may leave its output backed up; then 4008."
+    )
+    max_output_bytes: int = setting(
+        1024 * 1024, "Bytes written to a backed-up client before closing with 4008."
+    )
 
     def check(self) -> None:
         """Raise ValueError naming the first setting that cannot work."""
@@ -134,6 +143,11 @@ class NodeConfig:
             raise ValueError("heartbeat-ttl must be at least twice heartbeat-interval")
         if self.dead_topic_delay < 0:
             raise ValueError("dead-topic-delay must not be negative")
+        for name in ("instrument_max_length", "slow_client_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name.replace('_', '-')} must be positive")
+        if self.max_output_bytes < self.max_message_bytes:
+            raise ValueError("max-output-bytes must be at least max-message-bytes")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> NodeConfig:

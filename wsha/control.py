@@ -15,6 +15,7 @@ from twisted.web.iweb import IRequest
 
 from wsha import wire
 from wsha.gateway import Gateway
+from wsha.market import InstrumentStore, is_json_value
 from wsha.services.redis_service import RedisUnavailable
 
 MAX_REQUEST_BYTES = 1024 * 1024
@@ -245,13 +246,61 @@ class NodeList(Guarded):
         return _respond_later(request, self._listing().addCallback(lambda n: (200, n)))
 
 
+class InstrumentTicks(Guarded):
+    """``POST /v1/instruments/{instrument}/ticks``: publish a market data tick.
+
+    The instrument may contain ``/``, as is or percent-encoded (``%2F``).
+
+    :param store: the instruments' streams.
+    :param max_value_bytes: the largest value accepted, as JSON.
+    """
+
+    isLeaf = True
+
+    def __init__(self, store: InstrumentStore, max_value_bytes: int, token: str | None):
+        super().__init__(token)
+        self._store = store
+        self._max_value_bytes = max_value_bytes
+
+    def render_POST(self, request: IRequest) -> Any:
+        """Append ``{"value": ...}`` to the instrument's stream; answer with its id."""
+        segments = [part.decode("utf-8", "replace") for part in request.postpath]
+        if len(segments) < 2 or segments[-1] != "ticks":
+            return _error(request, 404, "not_found", "no such resource")
+        instrument = "/".join(segments[:-1])
+        if not wire.is_valid_name(instrument):
+            return _error(request, 400, "bad_instrument", "not a valid instrument name")
+        raw = request.content.read(MAX_REQUEST_BYTES + 1)
+        if len(raw) > MAX_REQUEST_BYTES:
+            return _error(request, 413, "body_too_big", "request over 1 MiB")
+        try:
+            command = json.loads(raw)
+        except ValueError:
+            return _error(request, 400, "bad_json", "request body is not JSON")
+        if not isinstance(command, dict) or "value" not in command:
+            return _error(request, 400, "bad_frame", 'body must be {"value": ...}')
+        value_json = wire.encode_body(command["value"])
+        if not is_json_value(value_json):
+            return _error(request, 400, "bad_json", "NaN and Infinity are not JSON")
+        if len(value_json.encode()) > self._max_value_bytes:
+            return _error(request, 413, "body_too_big", "value over the size limit")
+
+        def published(entry_id: str) -> tuple[int, dict[str, Any]]:
+            return 200, {"instrument": instrument, "id": entry_id}
+
+        work = self._store.publish(instrument, value_json)
+        return _respond_later(request, work.addCallback(published))
+
+
 def control_site(
     gateway: Gateway,
     readiness: Callable[[], Deferred[tuple[bool, dict[str, Any]]]],
     token: str | None,
     nodes: Callable[[], Deferred[dict[str, Any]]] | None = None,
+    instruments: InstrumentStore | None = None,
 ) -> server.Site:
-    """Build the control API's site; ``nodes`` lists the node registry."""
+    """Build the control API's site; ``nodes`` lists the node registry,
+    ``instruments`` takes market data publishes."""
     root = resource.Resource()
     root.putChild(b"healthz", Health(gateway.node_id))
     root.putChild(b"readyz", Readiness(readiness))
@@ -261,6 +310,11 @@ def control_site(
     v1.putChild(b"users", UserLookup(gateway, token))
     if nodes is not None:
         v1.putChild(b"nodes", NodeList(nodes, token))
+    if instruments is not None:
+        v1.putChild(
+            b"instruments",
+            InstrumentTicks(instruments, gateway.max_body_bytes, token),
+        )
     site = server.Site(root)
     site.displayTracebacks = False
     return site

@@ -13,12 +13,16 @@ from wsha.config import NodeConfig
 from wsha.control import control_site
 from wsha.gateway import Gateway
 from wsha.inbox import Durability, InboxLimits, InboxStore
+from wsha.market import InstrumentStore
+from wsha.market_session import MarketData
 from wsha.nodes import READY, NodeStore
+from wsha.output_gate import OutputLimits
 from wsha.protocols.websocket import WS_PATH, GatewayServerFactory
 from wsha.reaper import DeadNodeReaper
 from wsha.services.inbox_sweeper import InboxSweeper
 from wsha.services.kafka_bus import NodeBus
 from wsha.services.listener import ListenerService
+from wsha.services.market_feed import MarketFeed, feed_link_settings
 from wsha.services.node_registry import NodeRegistryService, RegistryTiming
 from wsha.services.ordered import OrderedMultiService
 from wsha.services.redis_service import RedisService
@@ -111,11 +115,29 @@ class GatewayNode(OrderedMultiService):
         self.redis.on_change(self._on_redis_change)
         self.bus.on_health_change = self.sweeper.set_kafka_healthy
 
+        instruments = InstrumentStore(
+            self.redis, config.instrument_max_length, config.max_body_bytes
+        )
+        self.market_feed = MarketFeed(
+            self.redis.target,
+            reactor,
+            feed_link_settings(config.redis_timeout, config.redis_reconnect_max),
+            commands=self.redis,
+            max_value_bytes=config.max_body_bytes,
+        )
+        self.market_feed.setName("market-feed")
+        self.market_feed.setServiceParent(self)
+        self.gateway.market = MarketData(instruments, self.market_feed)
+        self.gateway.output_limits = OutputLimits(
+            config.slow_client_timeout, config.max_output_bytes
+        )
+
         site = control_site(
             self.gateway,
             self.readiness,
             config.control_token or None,
             nodes=self.registry.listing,
+            instruments=instruments,
         )
         self.control = ListenerService(reactor, config.control_port, site)
         self.control.setName("control")
