@@ -39,8 +39,9 @@ BLOCK_MS = 1000
 """How long one XREAD waits for new entries; also bounds how stale the set is
 when ``CLIENT UNBLOCK`` is not allowed."""
 
-READ_COUNT = 500
-"""The most entries one XREAD returns per instrument."""
+READ_COUNT = 100
+"""The most entries one XREAD returns per instrument: what one reply fans out
+in a single reactor turn, before any connection's buffer can drain."""
 
 
 class TickWatcher(Protocol):
