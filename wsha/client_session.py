@@ -218,7 +218,7 @@ class ClientSession:
         return written
 
     def _output_resumed(self) -> None:
-        if self.delivery is not None:
+        if self.delivery is not None and self.delivery.held:
             self.delivery.poke()
 
     def take_over(self, epoch: int) -> None:

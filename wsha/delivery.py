@@ -62,6 +62,9 @@ class SessionDelivery:
         self._stopped = False
         self._retry: IDelayedCall | None = None
         self._writable = writable
+        # Set when a pull stopped because the connection backed up: the
+        # owner pokes again once it drains.
+        self.held = False
 
     def poke(self) -> None:
         """Say the inbox may have grown; pulls now, or again after the pull running."""
@@ -83,8 +86,11 @@ class SessionDelivery:
     @inlineCallbacks
     def _pull(self) -> Any:
         try:
-            while not self._stopped and self._writable():
-                self._again = False
+            while not self._stopped:
+                if not self._writable():
+                    self.held = True
+                    return
+                self.held = self._again = False
                 entries = yield self._inbox.read_after(
                     self._user, self.last_sent, self._batch_size
                 )
@@ -97,6 +103,7 @@ class SessionDelivery:
                     if written is not None and written < len(entries):
                         # The rest is read again once the connection drains.
                         self.last_sent = entries[written - 1].id if written else before
+                        self.held = True
                         return
                 if len(entries) < self._batch_size and not self._again:
                     return

@@ -81,6 +81,16 @@ class ClientSessionOutputTests(SynchronousTestCase):
         ids = [f["id"] for f in self.frames() if f["type"] == "message"]
         self.assertEqual(ids, ["1-0", "2-0", "3-0", "4-0", "5-0"])
 
+    def test_a_pause_that_held_back_no_message_reads_nothing_more(self) -> None:
+        """A connection backed up by other traffic (market data, say) and
+        drained again costs no inbox read when delivery had nothing held."""
+        self.answer_inbox()
+        reads = len(self.harness.inbox.reads)
+        self.link.send_frame(b'{"pad":"' + b"x" * 3000 + b'"}')
+        self.assertFalse(self.client.output.writable)
+        self.link.drain()
+        self.assertEqual(len(self.harness.inbox.reads), reads)
+
     def test_a_connection_that_stays_backed_up_is_closed_with_4008(self) -> None:
         """Past slow_client_timeout behind, the session's link is closed, 4008."""
         self.answer_inbox("1-0", "2-0", "3-0", size=800)
