@@ -187,6 +187,9 @@ class MarketFeed(service.Service):
             return
         if self._client_id is None or self._commands is None:
             return
+        # Known shortcoming: an UNBLOCK that reaches Redis before the XREAD it
+        # targets does nothing, and the change waits for the block (1 s); the
+        # window is one round trip, so it is not retried.
         d = self._commands.execute_command("CLIENT", "UNBLOCK", self._client_id)
         d.addErrback(self._unblock_failed)
 
