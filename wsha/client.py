@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 
 from wsha import wire
 from wsha.client_groups import ClientGroups
+from wsha.client_market import Watchlist
 
 Token = str | Callable[[], str]
 
@@ -130,7 +131,9 @@ class GatewayClient:
     after ``after`` were trimmed from the inbox or expired (the application
     should reload its state from its own source); ``on_stopped(code, reason)``
     when a close code says not to reconnect (4001 taken over, 1008 policy);
-    ``on_disconnected(code, reason)`` whenever the current link is lost.
+    ``on_disconnected(code, reason)`` whenever the current link is lost;
+    ``on_tick(frame)`` with each market data tick of the instruments watched
+    (:meth:`watch`), in order per instrument.
     A network change is signalled with :meth:`switch_network`. Group
     messages and presence events go to the hooks of ``groups``
     (:class:`~wsha.client_groups.ClientGroups`).
@@ -182,6 +185,8 @@ class GatewayClient:
         self.on_resync: Callable[[dict[str, Any]], None] | None = None
         self.on_disconnected: Callable[[int | None, str | None], None] | None = None
         self.on_stopped: Callable[[int | None, str | None], None] | None = None
+        self.on_tick: Callable[[dict[str, Any]], None] | None = None
+        self.market = Watchlist(self._write_now, self._tick, reactor)
 
         self._link: _ClientProtocol | None = None
         self._abandoned: list[_ClientProtocol] = []
@@ -206,6 +211,7 @@ class GatewayClient:
     def stop(self) -> None:
         """Close for good, including any abandoned links."""
         self._running = False
+        self.market.stop()
         for call in (self._reconnect_call, self._ack_call, self._resend_call):
             if call is not None and call.active():
                 call.cancel()
@@ -286,6 +292,21 @@ class GatewayClient:
         self._unwritten.append(frame["id"])
         self._pump()
         return d
+
+    def watch(
+        self, instrument: str, after: str | None = None
+    ) -> Deferred[dict[str, Any]]:
+        """Receive ``instrument``'s ticks (``on_tick``), now and after reconnects.
+
+        Starts from the latest value, or after tick id ``after``; after a
+        reconnect it resumes after the last tick id seen. Fires with the
+        ``subscribed`` frame.
+        """
+        return self.market.watch(instrument, after)
+
+    def unwatch(self, instrument: str) -> None:
+        """Stop receiving ``instrument``'s ticks."""
+        self.market.unwatch(instrument)
 
     def when_connected(self) -> Deferred[dict[str, Any]]:
         """Fire with the next (or current) ``welcome`` frame."""
@@ -401,6 +422,8 @@ class GatewayClient:
     # Frames
 
     def _frame(self, link: _ClientProtocol, frame: dict[str, Any]) -> None:
+        if self.market.on_frame(frame):
+            return
         kind = frame.get("type")
         if self.welcome is not None and self.groups.on_frame(frame):
             if kind == "group_message":
@@ -434,6 +457,7 @@ class GatewayClient:
         self._resend_call = None
         self._send_all_again()
         self.groups.welcomed(frame)
+        self.market.resubscribe()
         if self.on_welcome is not None:
             self.on_welcome(frame)
         if frame.get("truncated") and self.on_resync is not None:
@@ -550,6 +574,16 @@ class GatewayClient:
         if self._link is None or self.welcome is None:
             return False
         return self._write(self._link, frame)
+
+    def _write_now(self, frame: dict[str, Any]) -> bool:
+        """Write ``frame`` on the current link once welcomed; False otherwise."""
+        if self._link is None or self.welcome is None:
+            return False
+        return self._write(self._link, frame)
+
+    def _tick(self, frame: dict[str, Any]) -> None:
+        if self.on_tick is not None:
+            self.on_tick(frame)
 
     def _write(self, link: _ClientProtocol, frame: dict[str, Any]) -> bool:
         """Write ``frame`` if the link is open; False if it is closing or closed.

@@ -11,6 +11,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 
 from wsha import wire
@@ -18,6 +19,7 @@ from wsha.broadcast.session import SessionBroadcasts
 from wsha.delivery import SessionDelivery
 from wsha.groups import NotAMember
 from wsha.inbox import InboxEntry
+from wsha.output_gate import OutputGate
 from wsha.services.redis_service import RedisUnavailable
 from wsha.session_groups import SessionGroups
 from wsha.sessions import Claim, SessionLimitReached
@@ -39,6 +41,9 @@ class Link(Protocol):
 
     def close(self, code: int, reason: str) -> None:
         """Close the connection with a WebSocket close code."""
+
+    def register_producer(self, producer: IPushProducer) -> None:
+        """Have the transport pause ``producer`` while its write buffer is full."""
 
 
 class ClientSession:
@@ -69,7 +74,18 @@ class ClientSession:
         self.gateway = gateway
         # The last group message ids the client says it saw, per group.
         self.group_after = group_after or {}
-        self.link = link
+        # Every frame goes through the gate, which holds back what can wait and
+        # closes with 4008 a client that stays behind (wsha/output_gate.py).
+        self.output = OutputGate(
+            link, gateway.clock, gateway.output_limits, f"{user}/{session}"
+        )
+        self.output.on_resume(self._output_resumed)
+        self.link = self.output
+        self.market = (
+            gateway.market.subscriptions(self.output, self._reply)
+            if gateway.market is not None
+            else None
+        )
         self.user = user
         self.session = session
         self.after = after
@@ -97,6 +113,7 @@ class ClientSession:
         If the connection closed while the claim was in flight, the claim is
         released here, so no ghost session stays online.
         """
+        self.output.start()
         try:
             claim = yield self.gateway.claim(self)
         except SessionLimitReached as e:
@@ -249,6 +266,13 @@ class ClientSession:
             self._acknowledge(frame.upto)
 
     def _on_subscription_frame(self, frame: wire.ClientFrame) -> None:
+        if (
+            isinstance(frame, wire.Subscribe | wire.Unsubscribe)
+            and frame.instrument is not None
+            and self.market is not None
+        ):
+            self.market.on_frame(frame)
+            return
         # Groups, market data and broadcasts are served by their own parts.
         if isinstance(frame, wire.Ack) and frame.broadcast:
             if self.broadcasts is None:
@@ -302,14 +326,26 @@ class ClientSession:
         if not self.closed:
             self.link.send_frame(payload)
 
-    def deliver(self, entries: list[InboxEntry]) -> None:
-        """Write inbox entries to the client as ``message`` frames."""
-        if self.closed:
-            return
+    def deliver(self, entries: list[InboxEntry]) -> int:
+        """Write inbox entries as ``message`` frames; return how many were written.
+
+        Writing stops once the connection backs up; the inbox keeps the rest.
+        """
+        written = 0
         for entry in entries:
+            if self.closed or not self.output.writable:
+                break
             self.link.send_frame(
                 wire.encode_message(entry.id, entry.sender, entry.body_json, entry.ts)
             )
+            written += 1
+        return written
+
+    def _output_resumed(self) -> None:
+        if self.delivery is not None and self.delivery.held:
+            self.delivery.poke()
+        if self.groups is not None:
+            self.groups.resume_held()
 
     def take_over(self, epoch: int) -> None:
         """Close this connection if a claim with a newer ``epoch`` replaced it."""
@@ -329,6 +365,9 @@ class ClientSession:
         if self.closed:
             return
         self.closed = True
+        self.output.stop()
+        if self.market is not None:
+            self.market.close()
         if self.delivery is not None:
             self.delivery.stop()
         if self.broadcasts is not None:

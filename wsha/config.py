@@ -126,6 +126,15 @@ class NodeConfig:
     broadcast_history_length: int = setting(
         1000, "System broadcasts kept for sessions that resume (exact)."
     )
+    instrument_max_length: int = setting(
+        1000, "Ticks kept per instrument by the control API's publish (MAXLEN ~)."
+    )
+    slow_client_timeout: float = setting(
+        10.0, "Seconds a client may leave its output backed up; then 4008."
+    )
+    max_output_bytes: int = setting(
+        1024 * 1024, "Bytes written to a backed-up client before closing with 4008."
+    )
 
     def check(self) -> None:
         """Raise ValueError naming the first setting that cannot work."""
@@ -175,6 +184,11 @@ class NodeConfig:
             raise ValueError("broadcast-topic must be a Kafka topic name")
         if self.broadcast_history_length <= 0:
             raise ValueError("broadcast-history-length must be positive")
+        for name in ("instrument_max_length", "slow_client_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name.replace('_', '-')} must be positive")
+        if self.max_output_bytes < self.max_message_bytes:
+            raise ValueError("max-output-bytes must be at least max-message-bytes")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> NodeConfig:

@@ -20,7 +20,8 @@ from wsha.inbox import InboxEntry
 from wsha.services.redis_service import RedisUnavailable
 from wsha.wire import stream_id_key
 
-Deliver = Callable[[list[InboxEntry]], None]
+Deliver = Callable[[list[InboxEntry]], int | None]
+"""Writes entries in order; returns how many it wrote (None: all of them)."""
 
 
 class EntrySource(Protocol):
@@ -36,10 +37,14 @@ class SessionDelivery:
     :param inbox: where entries are read from.
     :param user: which stream: a user (of the inboxes) or a group (of histories).
     :param after: the id the session has already seen.
-    :param deliver: called with each non-empty batch, in inbox order.
+    :param deliver: called with each non-empty batch, in inbox order; it may
+        write only the first entries (the connection backed up): the rest are
+        read again at the next poke.
     :param clock: schedules the retry after a failed read.
     :param batch_size: the most entries read per round trip.
     :param retry_delay: seconds to wait before retrying a failed read.
+    :param writable: says whether the connection takes more now; while it does
+        not, nothing is read, and the owner pokes once it does again.
     """
 
     log = Logger()
@@ -53,6 +58,7 @@ class SessionDelivery:
         clock: IReactorTime,
         batch_size: int = 256,
         retry_delay: float = 1.0,
+        writable: Callable[[], bool] = lambda: True,
     ):
         self._inbox = inbox
         self._user = user
@@ -65,6 +71,10 @@ class SessionDelivery:
         self._again = False
         self._stopped = False
         self._retry: IDelayedCall | None = None
+        self._writable = writable
+        # Set when a pull stopped because the connection backed up: the
+        # owner pokes again once it drains.
+        self.held = False
 
     def poke(self) -> None:
         """Say the inbox may have grown; pulls now, or again after the pull running."""
@@ -91,8 +101,15 @@ class SessionDelivery:
         if self._busy or stream_id_key(previous) > last:
             self.poke()
             return
-        self.last_sent = entry.id
-        self._deliver([entry])
+        if not self._writable():
+            # Read again from the stream once the connection drains.
+            self.held = True
+            return
+        before, self.last_sent = self.last_sent, entry.id
+        written = self._deliver([entry])
+        if written is not None and written < 1:
+            self.last_sent = before
+            self.held = True
 
     def stop(self) -> None:
         """Stop for good: no more reads, no more deliveries."""
@@ -105,15 +122,24 @@ class SessionDelivery:
     def _pull(self) -> Any:
         try:
             while not self._stopped:
-                self._again = False
+                if not self._writable():
+                    self.held = True
+                    return
+                self.held = self._again = False
                 entries = yield self._inbox.read_after(
                     self._user, self.last_sent, self._batch_size
                 )
                 if self._stopped:
                     return
                 if entries:
-                    self.last_sent = entries[-1].id
-                    self._deliver(entries)
+                    # Moved first: a deliver that raises never resends its batch.
+                    before, self.last_sent = self.last_sent, entries[-1].id
+                    written = self._deliver(entries)
+                    if written is not None and written < len(entries):
+                        # The rest is read again once the connection drains.
+                        self.last_sent = entries[written - 1].id if written else before
+                        self.held = True
+                        return
                 if len(entries) < self._batch_size and not self._again:
                     return
         except Exception as e:

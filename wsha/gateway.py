@@ -18,6 +18,8 @@ from wsha import topics
 from wsha.client_session import ClientSession
 from wsha.delivery import SessionDelivery
 from wsha.inbox import AppendResult, InboxStore
+from wsha.market_session import MarketData
+from wsha.output_gate import OutputLimits
 from wsha.services.redis_service import RedisUnavailable
 from wsha.session_groups import GroupHub
 from wsha.sessions import Claim, SessionRegistry
@@ -94,6 +96,10 @@ class Gateway:
         self._unreleased: dict[tuple[str, str], str] = {}
         # The node's system broadcasts, when it serves them (set by the node).
         self.broadcasts: BroadcastFeed | None = None
+        # Set by the node: market data (none: instruments are not served), and
+        # how far a connection's output may back up before it is closed.
+        self.market: MarketData | None = None
+        self.output_limits = OutputLimits()
 
     # Sessions
 
@@ -166,7 +172,12 @@ class Gateway:
     def new_delivery(self, client: ClientSession, after: str) -> SessionDelivery:
         """Build the inbox pump feeding ``client`` from ``after`` on."""
         return SessionDelivery(
-            self.inbox, client.user, after, client.deliver, self.clock
+            self.inbox,
+            client.user,
+            after,
+            client.deliver,
+            self.clock,
+            writable=lambda: client.output.writable,
         )
 
     def connection_count(self) -> int:

@@ -100,6 +100,16 @@ def member(user: str, session_id: str) -> str:
     return f"{user} {session_id}"
 
 
+def instrument_ticks(instrument: str) -> str:
+    """An instrument's market data: a Redis Stream with one tick per entry.
+
+    Each entry holds the value as JSON text in field ``v``; any producer may
+    append (docs/redis.md, "Publishing market data"). Every instrument has a
+    hash tag of its own, ``{i:<instrument>}``, apart from users and nodes.
+    """
+    return f"{PREFIX}:{{i:{instrument}}}:ticks"
+
+
 def _node_tag(node: str) -> str:
     return f"{PREFIX}:{{n:{node}}}"
 

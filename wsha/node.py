@@ -16,10 +16,14 @@ from wsha.broadcast.store import BroadcastStore
 from wsha.config import NodeConfig
 from wsha.control import control_site
 from wsha.control_groups import GroupCommands
+from wsha.control_market import InstrumentTicks
 from wsha.gateway import Gateway
 from wsha.groups import GroupLimits, GroupStore
 from wsha.inbox import Durability, InboxLimits, InboxStore
+from wsha.market import InstrumentStore
+from wsha.market_session import MarketData
 from wsha.nodes import READY, NodeStore
+from wsha.output_gate import OutputLimits
 from wsha.protocols.websocket import WS_PATH, GatewayServerFactory
 from wsha.reaper import DeadNodeReaper
 from wsha.services.consistency import ConsistencyChecker
@@ -27,6 +31,7 @@ from wsha.services.group_fanout import GroupFanout
 from wsha.services.inbox_sweeper import InboxSweeper
 from wsha.services.kafka_bus import NodeBus
 from wsha.services.listener import ListenerService
+from wsha.services.market_feed import MarketFeed, feed_link_settings
 from wsha.services.node_registry import NodeRegistryService, RegistryTiming
 from wsha.services.ordered import OrderedMultiService
 from wsha.services.redis_link import LinkSettings
@@ -184,6 +189,23 @@ class GatewayNode(OrderedMultiService):
         self.redis.on_change(self._on_redis_change)
         self.bus.on_health_change = self.sweeper.set_kafka_healthy
 
+        instruments = InstrumentStore(
+            self.redis, config.instrument_max_length, config.max_body_bytes
+        )
+        self.market_feed = MarketFeed(
+            self.redis.target,
+            reactor,
+            feed_link_settings(config.redis_timeout, config.redis_reconnect_max),
+            commands=self.redis,
+            max_value_bytes=config.max_body_bytes,
+        )
+        self.market_feed.setName("market-feed")
+        self.market_feed.setServiceParent(self)
+        self.gateway.market = MarketData(instruments, self.market_feed)
+        self.gateway.output_limits = OutputLimits(
+            config.slow_client_timeout, config.max_output_bytes
+        )
+
         site = control_site(
             self.gateway,
             self.readiness,
@@ -194,6 +216,9 @@ class GatewayNode(OrderedMultiService):
                     broadcaster, config.control_token or None, config.max_body_bytes
                 ),
                 b"groups": GroupCommands(self.gateway, config.control_token or None),
+                b"instruments": InstrumentTicks(
+                    instruments, config.max_body_bytes, config.control_token or None
+                ),
             },
         )
         self.control = ListenerService(reactor, config.control_port, site)

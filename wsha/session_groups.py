@@ -87,7 +87,12 @@ class GroupMember:
         self.group = group
         self.presence = presence
         self.delivery = SessionDelivery(
-            store, group, position, self.deliver, client.gateway.clock
+            store,
+            group,
+            position,
+            self.deliver,
+            client.gateway.clock,
+            writable=lambda: client.output.writable,
         )
 
     def offer(self, entry: InboxEntry, previous: str) -> None:
@@ -105,12 +110,20 @@ class GroupMember:
                 {"type": kind, "group": self.group, "user": user, "session": session}
             )
 
-    def deliver(self, entries: list[InboxEntry]) -> None:
-        """Write history entries to the client as ``group_message`` frames."""
+    def deliver(self, entries: list[InboxEntry]) -> int:
+        """Write history entries as ``group_message`` frames; return how many.
+
+        Writing stops once the connection backs up; the history keeps the rest.
+        """
+        written = 0
         for e in entries:
+            if self.client.closed or not self.client.output.writable:
+                break
             self.client.send_bytes(
                 _group_frame(self.group, e.id, e.sender, e.body_json, e.ts)
             )
+            written += 1
+        return written
 
 
 class SessionGroups:
@@ -314,6 +327,12 @@ class SessionGroups:
                 }
             )
             self._attach(group, position, group in presence)
+
+    def resume_held(self) -> None:
+        """The connection drained: read again the groups that stopped for it."""
+        for member in list(self.members.values()):
+            if member.delivery.held:
+                member.poke()
 
     def poke_all(self) -> None:
         """Read every group's history again (after a store outage)."""

@@ -336,6 +336,20 @@ def encode_message(entry_id: str, sender: str, body_json: str, ts: int) -> bytes
     return splice_json(head, "body", body_json)
 
 
+def encode_tick(
+    instrument: str, entry_id: str, value_json: str, snapshot: bool, conflated: bool
+) -> bytes:
+    """Encode a market data ``tick`` frame around a value that is already JSON.
+
+    ``conflated`` is written only when true: ticks were skipped before this one.
+    """
+    head: dict[str, Any] = {"type": "tick", "instrument": instrument, "id": entry_id}
+    head["snapshot"] = snapshot
+    if conflated:
+        head["conflated"] = True
+    return splice_json(head, "value", value_json)
+
+
 def encode_group_message(
     group: str, entry_id: str, sender: str, body_json: str, ts: int
 ) -> bytes:

@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
 
 from wsha.client_session import ClientSession
@@ -123,6 +124,7 @@ class FakeLink:
         self.frames: list[dict[str, Any]] = []
         self.raw: list[bytes] = []
         self.closes: list[tuple[int, str]] = []
+        self.producer: IPushProducer | None = None
 
     def send_frame(self, payload: bytes) -> None:
         """Keep ``payload`` and its decoded JSON."""
@@ -132,6 +134,10 @@ class FakeLink:
     def close(self, code: int, reason: str) -> None:
         """Keep the close code and reason."""
         self.closes.append((code, reason))
+
+    def register_producer(self, producer: IPushProducer) -> None:
+        """Keep the producer the session registered (a test pauses it by hand)."""
+        self.producer = producer
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         """The frames sent so far whose ``type`` is ``kind``."""

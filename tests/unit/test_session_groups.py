@@ -186,3 +186,30 @@ class RestoreRaceTests(SynchronousTestCase):
         )
         self.assertEqual(link.frames, [])
         self.assertEqual(harness.store.reads, [])
+
+
+class BackedUpOutputTests(SynchronousTestCase):
+    """Group messages wait in the history while the connection is backed up."""
+
+    def test_paused_output_holds_group_messages_until_it_drains(self) -> None:
+        """A live group message for a backed-up connection is not written; once
+        the output drains, the history is read from the last one written."""
+        harness = GroupHarness()
+        client, link = harness.online(7)
+        client.on_text('{"type": "subscribe", "id": "s", "group": "room"}')
+        harness.store.reads[0][1].callback([])
+        client.output.pauseProducing()
+        harness.fanout.on_channel_message(
+            keys.group_channel("room"),
+            json.dumps(
+                {"k": "m", "id": "10-0", "p": "9-0", "f": "b", "t": "1", "b": "1"}
+            ),
+        )
+        self.assertEqual(link.of_type("group_message"), [])
+        self.assertEqual(len(harness.store.reads), 1)
+
+        client.output.resumeProducing()
+        (read, pending) = harness.store.reads[-1]
+        self.assertEqual(read, ("room", "9-0", 256))
+        pending.callback([make_entry("10-0")])
+        self.assertEqual([m["id"] for m in link.of_type("group_message")], ["10-0"])

@@ -6,6 +6,7 @@ from typing import Any
 
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.unit.fakes import GatewayHarness
@@ -97,6 +98,8 @@ class OnConnectTests(SynchronousTestCase):
             (code, reasonUtf8.decode("utf-8"))
         )
         protocol.peer = peer
+        # The session registers its output gate on the transport when it opens.
+        protocol.transport = StringTransport()
         return protocol
 
     def connect(self, path: str = "/ws", **params: str) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.util import encode_truncate
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 
 from wsha import wire
@@ -152,6 +153,10 @@ class GatewayServerProtocol(WebSocketServerProtocol):
         if self.state != WebSocketServerProtocol.STATE_OPEN:
             return
         self.sendMessage(payload, isBinary=False)
+
+    def register_producer(self, producer: IPushProducer) -> None:
+        """Register ``producer`` to be paused while the transport's buffer is full."""
+        self.registerProducer(producer, True)
 
     def close(self, code: int, reason: str) -> None:
         """Start the closing handshake with ``code``.
