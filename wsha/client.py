@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import random
 import uuid
-from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -23,11 +22,13 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, ITCPTransport
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from wsha import wire
 from wsha.client_groups import ClientGroups
 from wsha.client_market import Watchlist
+from wsha.client_outbox import Backoff, Outbox, SendRejected
+
+__all__ = ["Backoff", "GatewayClient", "SendRejected"]
 
 Token = str | Callable[[], str]
 
@@ -41,23 +42,6 @@ def _tcp(link: WebSocketClientProtocol) -> ITCPTransport:
     return cast(ITCPTransport, link.transport)
 
 
-def _also_fire(result: Any, other: Deferred[Any]) -> Any:
-    """Pass ``result`` on to ``other`` too, and keep it for the next callback."""
-    if isinstance(result, Failure):
-        other.errback(result)
-        return result
-    other.callback(result)
-    return result
-
-
-class SendRejected(Exception):
-    """The gateway refused a send for good (``retry`` false); ``code`` says why."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(f"{code}: {message}")
-        self.code = code
-
-
 @dataclass
 class ClientStats:
     """Counters an application or a test can read."""
@@ -69,26 +53,6 @@ class ClientStats:
     broadcasts: int = 0
     broadcast_duplicates_dropped: int = 0
     closes: dict[int, int] = field(default_factory=dict)
-
-
-@dataclass
-class Backoff:
-    """Capped exponential backoff with full jitter: uniform(0, min(cap, base*2^n))."""
-
-    base: float = 0.2
-    cap: float = 15.0
-    attempts: int = 0
-
-    def next_delay(self, rng: random.Random) -> float:
-        """The wait before the next attempt; each call counts one attempt."""
-        # The exponent is bounded: 2**1024 and above cannot become a float.
-        delay = rng.uniform(0, min(self.cap, self.base * (2 ** min(self.attempts, 64))))
-        self.attempts += 1
-        return delay
-
-    def reset(self) -> None:
-        """Start over after a connection that worked."""
-        self.attempts = 0
 
 
 class _ClientProtocol(WebSocketClientProtocol):
@@ -173,30 +137,30 @@ class GatewayClient:
         self._ping = (ping_interval, ping_timeout)
         self._rng = rng or random.Random()
         self.backoff = Backoff()
-        # Paces resends after retryable errors (Redis away, say); reset by acks.
-        self.send_backoff = Backoff(base=0.5, cap=5.0)
         self.stats = ClientStats()
         self.welcome: dict[str, Any] | None = None
-        self.max_pending = max_pending
-        self.max_in_flight = max_in_flight
-        self._unwritten: deque[str] = deque()
-        self._written: set[str] = set()
+        self.outbox = Outbox(
+            reactor,
+            self._write_current,
+            self._rng,
+            max_pending,
+            max_in_flight,
+            self.stats,
+        )
+        # Paces resends after retryable errors (Redis away, say); reset by acks.
+        self.send_backoff = self.outbox.backoff
         self.on_welcome: Callable[[dict[str, Any]], None] | None = None
         self.on_resync: Callable[[dict[str, Any]], None] | None = None
         self.on_disconnected: Callable[[int | None, str | None], None] | None = None
         self.on_stopped: Callable[[int | None, str | None], None] | None = None
         self.on_tick: Callable[[dict[str, Any]], None] | None = None
-        self.market = Watchlist(self._write_now, self._tick, reactor)
+        self.market = Watchlist(self._write_current, self._tick, reactor)
 
         self._link: _ClientProtocol | None = None
         self._abandoned: list[_ClientProtocol] = []
-        self._pending: OrderedDict[
-            str, tuple[dict[str, Any], Deferred[dict[str, Any]]]
-        ] = OrderedDict()
         self._acked_upto: str | None = after
         self._ack_call: IDelayedCall | None = None
         self._reconnect_call: IDelayedCall | None = None
-        self._resend_call: IDelayedCall | None = None
         self._running = False
         self._connected_waiters: list[Deferred[dict[str, Any]]] = []
         self.groups = ClientGroups(self._write_current)
@@ -212,7 +176,8 @@ class GatewayClient:
         """Close for good, including any abandoned links."""
         self._running = False
         self.market.stop()
-        for call in (self._reconnect_call, self._ack_call, self._resend_call):
+        self.outbox.cancel_hold()
+        for call in (self._reconnect_call, self._ack_call):
             if call is not None and call.active():
                 call.cancel()
         if self._link is not None:
@@ -236,7 +201,7 @@ class GatewayClient:
             "id": client_id or uuid.uuid4().hex,
             "body": body,
         }
-        return self._enqueue(frame)
+        return self.outbox.enqueue(frame)
 
     def publish(
         self, group: str, body: Any, client_id: str | None = None
@@ -252,7 +217,7 @@ class GatewayClient:
             "id": client_id or uuid.uuid4().hex,
             "body": body,
         }
-        return self._enqueue(frame)
+        return self.outbox.enqueue(frame)
 
     def subscribe(
         self, group: str, presence: bool = False, after: str | None = None
@@ -277,21 +242,6 @@ class GatewayClient:
     def presence(self, group: str) -> Deferred[dict[str, Any]]:
         """Ask who is online in ``group``; fires with the ``presence`` frame."""
         return self.groups.request({"type": "presence", "group": group})
-
-    def _enqueue(self, frame: dict[str, Any]) -> Deferred[dict[str, Any]]:
-        d: Deferred[dict[str, Any]] = Deferred()
-        queued = self._pending.get(frame["id"])
-        if queued is not None:
-            # Already on its way under this id: answer both callers together.
-            queued[1].addBoth(_also_fire, d)
-            return d
-        if len(self._pending) >= self.max_pending:
-            d.errback(SendRejected("queue_full", "too many unacknowledged sends"))
-            return d
-        self._pending[frame["id"]] = (frame, d)
-        self._unwritten.append(frame["id"])
-        self._pump()
-        return d
 
     def watch(
         self, instrument: str, after: str | None = None
@@ -336,7 +286,7 @@ class GatewayClient:
     @property
     def unacknowledged(self) -> int:
         """How many sends wait for the gateway's acknowledgement."""
-        return len(self._pending)
+        return len(self.outbox)
 
     # Connection lifecycle
 
@@ -436,14 +386,13 @@ class GatewayClient:
         elif kind == "broadcast":
             self._broadcast(frame)
         elif kind == "ack":
-            entry = self._pending.pop(frame.get("id", ""), None)
-            if entry is not None:
-                self.send_backoff.reset()
-                self._written.discard(entry[0]["id"])
-                entry[1].callback(frame)
-                self._pump()
-        elif kind == "error":
-            self._error(frame)
+            self.outbox.acknowledged(frame)
+        elif kind == "error" and not self.outbox.refused(frame):
+            self.log.warn(
+                "Gateway error: {code} {message}",
+                code=frame.get("code"),
+                message=frame.get("message"),
+            )
 
     def _welcomed(self, link: _ClientProtocol, frame: dict[str, Any]) -> None:
         self.welcome = frame
@@ -452,10 +401,7 @@ class GatewayClient:
             # Where this session's broadcasts began: resume from there next time.
             self.last_broadcast_id = self._broadcast_acked_upto = start
         self.backoff.reset()
-        if self._resend_call is not None and self._resend_call.active():
-            self._resend_call.cancel()
-        self._resend_call = None
-        self._send_all_again()
+        self.outbox.send_all_again()
         self.groups.welcomed(frame)
         self.market.resubscribe()
         if self.on_welcome is not None:
@@ -497,61 +443,6 @@ class GatewayClient:
         if self.on_broadcast is not None:
             self.on_broadcast(frame)
 
-    def _error(self, frame: dict[str, Any]) -> None:
-        client_id = frame.get("id")
-        if not isinstance(client_id, str) or client_id not in self._pending:
-            self.log.warn(
-                "Gateway error: {code} {message}",
-                code=frame.get("code"),
-                message=frame.get("message"),
-            )
-            return
-        if frame.get("retry"):
-            # The gateway refuses every later send of this link until this one
-            # comes again, so holding new sends and then resending everything
-            # unacknowledged, oldest first, keeps the sends in order.
-            self._hold_sends()
-            return
-        _, d = self._pending.pop(client_id)
-        self._written.discard(client_id)
-        d.errback(SendRejected(str(frame.get("code")), str(frame.get("message"))))
-        self._pump()
-
-    def _hold_sends(self) -> None:
-        if self._resend_call is None:
-            delay = self.send_backoff.next_delay(self._rng)
-            self._resend_call = self._reactor.callLater(delay, self._resend_pending)
-
-    def _resend_pending(self) -> None:
-        self._resend_call = None
-        if self._link is None or self.welcome is None:
-            return  # the next welcome resends them
-        self._send_all_again()
-
-    def _send_all_again(self) -> None:
-        # Everything unacknowledged goes again, oldest first.
-        self.stats.resends += len(self._written)
-        self._written.clear()
-        self._unwritten = deque(self._pending)
-        self._pump()
-
-    def _pump(self) -> None:
-        """Write unwritten sends in order while fewer than ``max_in_flight`` are
-        written and unanswered on this link (the gateway queues a bounded
-        number per connection)."""
-        link = self._link
-        if link is None or self.welcome is None or self._resend_call is not None:
-            return
-        while self._unwritten and len(self._written) < self.max_in_flight:
-            client_id = self._unwritten.popleft()
-            entry = self._pending.get(client_id)
-            if entry is None or client_id in self._written:
-                continue
-            if not self._write(link, entry[0]):
-                self._unwritten.appendleft(client_id)
-                return
-            self._written.add(client_id)
-
     def _flush_ack(self) -> None:
         self._ack_call = None
         if self._link is None:
@@ -570,12 +461,6 @@ class GatewayClient:
                 self._write(self._link, ack)
 
     def _write_current(self, frame: dict[str, Any]) -> bool:
-        """Write ``frame`` on the current link once welcomed; False otherwise."""
-        if self._link is None or self.welcome is None:
-            return False
-        return self._write(self._link, frame)
-
-    def _write_now(self, frame: dict[str, Any]) -> bool:
         """Write ``frame`` on the current link once welcomed; False otherwise."""
         if self._link is None or self.welcome is None:
             return False

@@ -332,7 +332,7 @@ class ResyncAndQueueTests(ClientHarness):
     def test_send_past_the_queue_limit_fails_at_once(self) -> None:
         """Past ``max_pending`` unacknowledged sends, a new send fails with
         queue_full and the queued ones are kept."""
-        self.client.max_pending = 2
+        self.client.outbox.max_pending = 2
         self.open()
         first = self.client.send("bob", 1, client_id="a")
         self.client.send("bob", 2, client_id="b")
@@ -346,7 +346,7 @@ class ResyncAndQueueTests(ClientHarness):
     def test_resending_a_queued_id_shares_its_answer(self) -> None:
         """A second send of an id already queued is not refused at the limit,
         is not queued twice, and both callers get the one ack."""
-        self.client.max_pending = 1
+        self.client.outbox.max_pending = 1
         link = self.open()
         self.welcome(link)
         first = self.client.send("bob", 1, client_id="a")
@@ -393,7 +393,7 @@ class InFlightWindowTests(ClientHarness):
 
     def test_sends_past_the_window_wait_for_answers_in_order(self) -> None:
         """With a window of 2, a third send is written only once one is acked."""
-        self.client.max_in_flight = 2
+        self.client.outbox.max_in_flight = 2
         link = self.open()
         self.welcome(link)
         for i in (1, 2, 3):
@@ -407,7 +407,7 @@ class InFlightWindowTests(ClientHarness):
     ) -> None:
         """After a new welcome, unacknowledged sends go again oldest first, and
         only what was written before counts as resent."""
-        self.client.max_in_flight = 2
+        self.client.outbox.max_in_flight = 2
         link = self.open()
         self.welcome(link)
         for i in (1, 2, 3):
