@@ -423,7 +423,7 @@ class ClientSession:
             if self.groups is None:
                 self._reply(wire.error_frame("unknown_type", "no groups", frame.id))
                 return succeed(None)
-            d = self.groups.publish(frame)
+            d = self.gateway.in_flight.track(self.groups.publish(frame))
             answer["group"] = frame.group
             stored_in = "history"
         else:

@@ -18,6 +18,7 @@ from wsha import topics
 from wsha.client_session import ClientSession
 from wsha.delivery import SessionDelivery
 from wsha.inbox import AppendResult, InboxStore
+from wsha.inflight import InFlight
 from wsha.market_session import MarketData
 from wsha.output_gate import OutputLimits
 from wsha.services.redis_service import RedisUnavailable
@@ -100,6 +101,8 @@ class Gateway:
         # how far a connection's output may back up before it is closed.
         self.market: MarketData | None = None
         self.output_limits = OutputLimits()
+        # Sends and publishes accepted and not yet stored (a drain waits on them).
+        self.in_flight = InFlight()
 
     # Sessions
 
@@ -186,9 +189,17 @@ class Gateway:
 
     # Messages
 
+    def submit(
+        self, sender: str, to: str, client_id: str, body_json: str
+    ) -> Deferred[Any]:
+        """Store a message in the inbox of ``to``, then notify; fires AppendResult.
+
+        Counted in :attr:`in_flight` until stored (or failed).
+        """
+        return self.in_flight.track(self._submit(sender, to, client_id, body_json))
+
     @inlineCallbacks
-    def submit(self, sender: str, to: str, client_id: str, body_json: str) -> Any:
-        """Store a message in the inbox of ``to``, then notify; fires AppendResult."""
+    def _submit(self, sender: str, to: str, client_id: str, body_json: str) -> Any:
         ts = int(self.clock.seconds() * 1000)
         result: AppendResult = yield self.inbox.append(
             to, sender, client_id, body_json, ts
