@@ -107,3 +107,49 @@ class BroadcastTopicTests(SynchronousTestCase):
             Clock(), "127.0.0.1:1", "n1", lambda raw: None, broadcast_topic="wsha.b"
         )
         bus.publish_broadcast(b"{}")
+
+
+class FlushTests(SynchronousTestCase):
+    """The drain's flush of the producer: in the bus's threads, and bounded."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.bus = NodeBus(self.clock, "127.0.0.1:1", "n1", lambda raw: None)
+        self.calls: list[tuple[Any, tuple[Any, ...]]] = []
+        self.answer: Deferred[Any] = Deferred()
+
+        def in_thread(f: Any, *args: Any) -> Deferred[Any]:
+            self.calls.append((f, args))
+            return self.answer
+
+        self.bus._in_thread = in_thread  # type: ignore[method-assign]
+
+    def test_flush_runs_in_the_pool_and_reports_unsent(self) -> None:
+        """The flush goes to the bus's threads with its timeout and fires with
+        how many records are left."""
+        producer = _Producer()
+        self.bus._producer = producer  # type: ignore[assignment]
+        d = self.bus.flush(2.0)
+        self.assertEqual(self.calls, [(producer.flush, (2.0,))])
+        self.answer.callback(3)
+        self.assertEqual(self.successResultOf(d), 3)
+
+    def test_stuck_flush_times_out(self) -> None:
+        """A flush that does not return a second past its timeout fails the
+        wait (the thread is left to finish or die with the process)."""
+        self.bus._producer = _Producer()  # type: ignore[assignment]
+        d = self.bus.flush(2.0)
+        self.clock.advance(3.0)
+        self.failureResultOf(d, DeferredTimeout)
+
+    def test_no_producer_has_nothing_to_flush(self) -> None:
+        """Before the bus started there is nothing queued."""
+        self.assertEqual(self.successResultOf(self.bus.flush(1.0)), 0)
+
+
+class _Producer:
+    """The producer's flush, as the pool would call it."""
+
+    def flush(self, timeout: float) -> int:
+        """Pretend everything was sent."""
+        return 0

@@ -8,7 +8,9 @@ and results come back to the reactor with ``callFromThread``.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from confluent_kafka import (
@@ -20,7 +22,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from twisted.application import service
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
@@ -122,6 +124,9 @@ class NodeBus(service.Service):
         self._on_notice = on_notice
         self._batch_size = batch_size
         self._pool = ThreadPool(minthreads=2, maxthreads=3, name="wsha-kafka")
+        # Daemon threads: one stuck in librdkafka must not keep a stopped
+        # node's process alive (the wait for it is bounded, never the reactor's).
+        self._pool.threadFactory = partial(threading.Thread, daemon=True)  # type: ignore[assignment]
         self._producer: Producer | None = None
         self._consumer: Consumer | None = None
         self._running = False
@@ -248,6 +253,19 @@ class NodeBus(service.Service):
             self.log.warn("Kafka clients did not close in time; leaving them")
             return
         self._pool.stop()
+
+    def flush(self, timeout: float) -> Deferred[int]:
+        """Send what the producer holds, waiting ``timeout`` seconds at most.
+
+        Fires with how many records are still unsent (0: all went), or fails
+        with Twisted's TimeoutError if librdkafka does not return in time.
+        The flush runs in the bus's threads, never on the reactor.
+        """
+        if self._producer is None:
+            return succeed(0)
+        return within(
+            self._in_thread(self._producer.flush, timeout), timeout + 1.0, self._reactor
+        )
 
     def send(self, node_id: str, notice: bytes, key: bytes | None = None) -> None:
         """Queue ``notice`` for the topic of ``node_id``; never blocks.
