@@ -4,16 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.unit.fakes import GatewayHarness
 from wsha import wire
 from wsha.admission import AdmissionGate
 from wsha.auth import TokenVerifier, mint_token
-from wsha.protocols.websocket import GatewayServerProtocol, bearer_token
+from wsha.protocols.websocket import (
+    GatewayServerFactory,
+    GatewayServerProtocol,
+    bearer_token,
+)
 
 SECRET = "websocket-unit-secret-" + "x" * 32
 
@@ -247,3 +254,25 @@ class SendFrameTests(SynchronousTestCase):
         protocol.state = GatewayServerProtocol.STATE_CLOSING
         protocol.send_frame(b"{}")
         self.assertEqual(sent, [b"{}"])
+
+
+class ConnectionCountTests(SynchronousTestCase):
+    """The factory counts open connections, for a drain to wait on."""
+
+    def test_connections_are_counted_until_lost(self) -> None:
+        """Each TCP connection counts from connectionMade to connectionLost,
+        whether or not it ever became a session."""
+        # Autobahn's own handlers (handshake timers on the global reactor)
+        # are not what is tested here.
+        self.patch(WebSocketServerProtocol, "connectionMade", lambda self: None)
+        self.patch(WebSocketServerProtocol, "connectionLost", lambda self, r: None)
+        factory = GatewayServerFactory(GatewayHarness().gateway, TokenVerifier(SECRET))
+        first, second = GatewayServerProtocol(), GatewayServerProtocol()
+        for protocol in (first, second):
+            protocol.factory = factory
+            protocol.connectionMade()
+        self.assertEqual(factory.connections, 2)
+
+        first.connectionLost(Failure(ConnectionDone()))
+
+        self.assertEqual(factory.connections, 1)

@@ -13,7 +13,9 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.util import encode_truncate
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from wsha import wire
 from wsha.admission import AdmissionGate
@@ -52,6 +54,16 @@ class GatewayServerProtocol(WebSocketServerProtocol):
 
     client: ClientSession | None = None
     _refusal: tuple[int, str] | None = None
+
+    def connectionMade(self) -> None:
+        """Count the connection (a draining node waits until none is open)."""
+        self.factory.connections += 1
+        super().connectionMade()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """Stop counting the connection."""
+        self.factory.connections -= 1
+        super().connectionLost(reason)
 
     def onConnect(self, request: ConnectionRequest) -> None:
         """Check the path and the request; authentication failures close after open.
@@ -200,6 +212,8 @@ class GatewayServerFactory(WebSocketServerFactory):
         self.gateway = gateway
         self.verifier = verifier
         self.accepting = True
+        # TCP connections open now, WebSocket handshake or not.
+        self.connections = 0
         self.admission = admission
         self.store_available = store_available
         self.setProtocolOptions(
