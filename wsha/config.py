@@ -135,6 +135,20 @@ class NodeConfig:
     max_output_bytes: int = setting(
         1024 * 1024, "Bytes written to a backed-up client before closing with 4008."
     )
+    drain_grace: float = setting(
+        2.0,
+        "Seconds a draining node fails /readyz before telling clients to move "
+        "(time for the balancer to stop sending it new ones).",
+    )
+    drain_window: float = setting(
+        10.0, "Seconds over which a draining node tells its clients to move, jittered."
+    )
+    drain_move_timeout: float = setting(
+        5.0, "Seconds a client told to move has before its link is closed with 1012."
+    )
+    drain_timeout: float = setting(
+        30.0, "Longest a drain (on SIGTERM or POST /v1/admin/drain) may take."
+    )
 
     def check(self) -> None:
         """Raise ValueError naming the first setting that cannot work."""
@@ -189,6 +203,20 @@ class NodeConfig:
                 raise ValueError(f"{name.replace('_', '-')} must be positive")
         if self.max_output_bytes < self.max_message_bytes:
             raise ValueError("max-output-bytes must be at least max-message-bytes")
+        self._check_drain()
+
+    def _check_drain(self) -> None:
+        if min(self.drain_grace, self.drain_window) < 0:
+            raise ValueError("drain-grace and drain-window must not be negative")
+        if self.drain_move_timeout <= 0:
+            raise ValueError("drain-move-timeout must be positive")
+        if self.drain_timeout < (
+            self.drain_grace + self.drain_window + self.drain_move_timeout
+        ):
+            raise ValueError(
+                "drain-timeout must be at least drain-grace + drain-window + "
+                "drain-move-timeout"
+            )
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> NodeConfig:

@@ -17,12 +17,14 @@ from wsha.config import NodeConfig
 from wsha.control import control_site
 from wsha.control_groups import GroupCommands
 from wsha.control_market import InstrumentTicks
+from wsha.drain import DrainTiming, NodeDrain
+from wsha.drain_control import DrainCommand, admin_resource
 from wsha.gateway import Gateway
 from wsha.groups import GroupLimits, GroupStore
 from wsha.inbox import Durability, InboxLimits, InboxStore
 from wsha.market import InstrumentStore
 from wsha.market_session import MarketData
-from wsha.nodes import READY, NodeStore
+from wsha.nodes import DRAINING, READY, NodeStore
 from wsha.output_gate import OutputLimits
 from wsha.protocols.websocket import WS_PATH, GatewayServerFactory
 from wsha.reaper import DeadNodeReaper
@@ -206,6 +208,27 @@ class GatewayNode(OrderedMultiService):
             config.slow_client_timeout, config.max_output_bytes
         )
 
+        # Built before the control API, which serves its command; added as
+        # the node's last child (below), so that it is the first to stop.
+        self.drain = NodeDrain(
+            reactor,
+            config.node_id,
+            self.gateway,
+            self.bus,
+            DrainTiming(
+                config.drain_grace,
+                config.drain_window,
+                config.drain_move_timeout,
+                config.drain_timeout,
+            ),
+            self._publish_draining,
+            self._stop_accepting,
+            # twistd offers no other way for a service to end the process; a
+            # requested drain ends it through the same path as SIGTERM.
+            reactor.stop,
+            open_connections=lambda: self.websocket_factory.connections,
+        )
+
         site = control_site(
             self.gateway,
             self.readiness,
@@ -218,6 +241,9 @@ class GatewayNode(OrderedMultiService):
                 b"groups": GroupCommands(self.gateway, config.control_token or None),
                 b"instruments": InstrumentTicks(
                     instruments, config.max_body_bytes, config.control_token or None
+                ),
+                b"admin": admin_resource(
+                    {b"drain": DrainCommand(self.drain, config.control_token or None)}
                 ),
             },
         )
@@ -242,6 +268,9 @@ class GatewayNode(OrderedMultiService):
         self.websocket.setName("websocket")
         self.websocket.setServiceParent(self)
 
+        self.drain.setName("drain")
+        self.drain.setServiceParent(self)
+
     def _on_notice(self, raw: bytes) -> None:
         self.gateway.on_notice(raw)
 
@@ -263,6 +292,14 @@ class GatewayNode(OrderedMultiService):
 
     def _on_reaped(self) -> None:
         self.gateway.close_local_sessions(CLOSE_RESTARTING, "node declared dead")
+
+    def _publish_draining(self) -> None:
+        self.registry.state = DRAINING
+        # The heartbeat logs its own errors; the drain does not wait for it.
+        self.registry.beat()
+
+    def _stop_accepting(self) -> None:
+        self.websocket_factory.accepting = False
 
     def _on_redis_change(self, available: bool) -> None:
         if available:
@@ -296,7 +333,10 @@ class GatewayNode(OrderedMultiService):
 
     @inlineCallbacks
     def readiness(self) -> Any:
-        """Fire with (ready, details): the node listens and Redis answers."""
+        """Fire with (ready, details): the node listens, Redis answers, and it
+        is not draining (a draining node answers at once, without asking Redis)."""
+        if self.drain.draining:
+            return False, {"node": self.node_id, "draining": True}
         redis_ok = yield self.redis.is_healthy()
         started = self.websocket.port is not None
         details = {
@@ -306,5 +346,6 @@ class GatewayNode(OrderedMultiService):
             # pulling inboxes on the sweeper's fallback timer.
             "kafka": self.bus.healthy,
             "listening": started,
+            "draining": False,
         }
         return bool(redis_ok and started), details

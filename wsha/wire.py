@@ -320,6 +320,19 @@ def error_frame(code: str, message: str, frame_id: str | None = None) -> dict[st
     return frame
 
 
+RECONNECT_DRAINING = "draining"
+"""The ``reason`` of a ``reconnect`` frame sent by a node that is draining."""
+
+
+def reconnect_frame(within_ms: int, reason: str = RECONNECT_DRAINING) -> dict[str, Any]:
+    """Build a ``reconnect`` frame: open a new connection now, then let this one go.
+
+    ``within_ms`` is how long the node keeps this connection open at most;
+    after that it closes it with 1012.
+    """
+    return {"type": "reconnect", "reason": reason, "within_ms": within_ms}
+
+
 def encode(frame: dict[str, Any]) -> bytes:
     """Encode a server frame for the wire."""
     return json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode()

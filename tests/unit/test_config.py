@@ -162,3 +162,26 @@ class ConfigFileShapeTests(SynchronousTestCase):
             with self.assertRaises(ValueError) as raised:
                 NodeConfig.from_environment({"WSHA_CONFIG_FILE": f.name})
         self.assertIn("JSON object", str(raised.exception))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"drain_grace": -1.0}, "drain-grace and drain-window must not be negative"),
+        ({"drain_window": -1.0}, "drain-grace and drain-window must not be negative"),
+        ({"drain_move_timeout": 0.0}, "drain-move-timeout must be positive"),
+        ({"drain_timeout": 16.0}, "drain-timeout must be at least"),
+    ],
+)
+def test_check_refuses_drain_settings_that_cannot_work(
+    overrides: dict[str, object], message: str
+) -> None:
+    """A drain bound shorter than its grace, window and move timeout together
+    (2 + 10 + 5 s by default), or a negative span, is refused at start."""
+    with pytest.raises(ValueError, match=message):
+        good(**overrides).check()
+
+
+def test_check_accepts_a_drain_without_grace_or_window() -> None:
+    """Telling every client at once, straight away, is allowed (one node, tests)."""
+    good(drain_grace=0.0, drain_window=0.0, drain_timeout=5.0).check()

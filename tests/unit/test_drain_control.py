@@ -1,0 +1,116 @@
+"""Unit tests for :mod:`wsha.drain_control`: ``POST /v1/admin/drain``."""
+
+from __future__ import annotations
+
+import json
+from io import BytesIO
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.error import UnsupportedMethod
+from twisted.web.resource import getChildForRequest
+from twisted.web.test.requesthelper import DummyRequest
+
+from tests.unit.fakes import GatewayHarness
+from wsha import control
+from wsha.drain import DrainTiming, NodeDrain
+from wsha.drain_control import DrainCommand, admin_resource
+
+TOKEN = "control-secret"
+
+
+class DrainCommandTests(SynchronousTestCase):
+    """The command starts the drain once and says how it will go."""
+
+    def setUp(self) -> None:
+        self.harness = GatewayHarness()
+        self.stops: list[float] = []
+        self.drain = NodeDrain(
+            self.harness.clock,
+            "gw-1",
+            self.harness.gateway,
+            _NoKafka(),
+            DrainTiming(grace=2.0, window=10.0, move_timeout=5.0, timeout=30.0),
+            lambda: None,
+            lambda: None,
+            lambda: self.stops.append(self.harness.clock.seconds()),
+        )
+        self.drain.startService()
+        self.site = control.control_site(
+            self.harness.gateway,
+            lambda: succeed((True, {})),
+            TOKEN,
+            commands={
+                b"admin": admin_resource({b"drain": DrainCommand(self.drain, TOKEN)})
+            },
+        )
+
+    def tearDown(self) -> None:
+        # A started drain runs to its end; nothing is left scheduled.
+        self.harness.clock.advance(31)
+        self.assertEqual(self.harness.clock.getDelayedCalls(), [])
+
+    def post(self, token: str | None = TOKEN) -> tuple[int, dict[str, Any]]:
+        """POST /v1/admin/drain; the status and the JSON answer."""
+        request = DummyRequest([b"v1", b"admin", b"drain"])
+        request.method = b"POST"
+        request.content = BytesIO(b"")
+        if token is not None:
+            request.requestHeaders.addRawHeader(b"authorization", f"Bearer {token}")
+        request.render(getChildForRequest(self.site.resource, request))
+        self.assertEqual(request.finished, 1)
+        return request.responseCode, json.loads(b"".join(request.written))
+
+    def test_post_starts_the_drain_and_answers_202(self) -> None:
+        """The answer names the node and the drain's timings, in milliseconds."""
+        status, body = self.post()
+        self.assertEqual(status, 202)
+        self.assertEqual(
+            body,
+            {
+                "node": "gw-1",
+                "draining": True,
+                "started": True,
+                "grace_ms": 2000,
+                "window_ms": 10000,
+                "move_timeout_ms": 5000,
+                "timeout_ms": 30000,
+            },
+        )
+        self.assertTrue(self.drain.draining)
+
+    def test_second_post_changes_nothing(self) -> None:
+        """Asking again answers 202 with ``started`` false; one stop follows."""
+        self.post()
+        status, body = self.post()
+        self.assertEqual((status, body["started"]), (202, False))
+        self.harness.clock.advance(2.0)
+        self.harness.clock.advance(0.1)
+        self.assertEqual(len(self.stops), 1)
+
+    def test_token_is_required(self) -> None:
+        """Without the control token the node answers 401 and does not drain."""
+        status, body = self.post(token=None)
+        self.assertEqual((status, body["error"]), (401, "unauthorized"))
+        status, _ = self.post(token="wrong")
+        self.assertEqual(status, 401)
+        self.assertFalse(self.drain.draining)
+
+    def test_get_is_not_allowed(self) -> None:
+        """Only POST drains."""
+        request = DummyRequest([b"v1", b"admin", b"drain"])
+        request.method = b"GET"
+        request.requestHeaders.addRawHeader(b"authorization", f"Bearer {TOKEN}")
+        # twisted.web's Site turns this into a 405 answer.
+        with self.assertRaises(UnsupportedMethod):
+            request.render(getChildForRequest(self.site.resource, request))
+        self.assertFalse(self.drain.draining)
+
+
+class _NoKafka:
+    """A bus with nothing to flush."""
+
+    def flush(self, timeout: float) -> Deferred[int]:
+        """Nothing queued."""
+        return succeed(0)
