@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from wsha import wire
 from wsha.client_groups import ClientGroups
 from wsha.client_market import Watchlist
+from wsha.client_move import LinkMove
 from wsha.client_outbox import Backoff, Outbox, SendRejected
 
 __all__ = ["Backoff", "GatewayClient", "SendRejected"]
@@ -53,6 +54,7 @@ class ClientStats:
     broadcasts: int = 0
     broadcast_duplicates_dropped: int = 0
     closes: dict[int, int] = field(default_factory=dict)
+    moves: int = 0
 
 
 class _ClientProtocol(WebSocketClientProtocol):
@@ -98,7 +100,9 @@ class GatewayClient:
     ``on_disconnected(code, reason)`` whenever the current link is lost;
     ``on_tick(frame)`` with each market data tick of the instruments watched
     (:meth:`watch`), in order per instrument.
-    A network change is signalled with :meth:`switch_network`. Group
+    A network change is signalled with :meth:`switch_network`. A ``reconnect``
+    frame (a draining node) moves the session to a new connection before the
+    old one closes (:mod:`wsha.client_move`); ``stats.moves`` counts them. Group
     messages and presence events go to the hooks of ``groups``
     (:class:`~wsha.client_groups.ClientGroups`).
     """
@@ -164,6 +168,7 @@ class GatewayClient:
         self._running = False
         self._connected_waiters: list[Deferred[dict[str, Any]]] = []
         self.groups = ClientGroups(self._write_current)
+        self.move = LinkMove(reactor, self._connect)
 
     # Public API
 
@@ -183,6 +188,9 @@ class GatewayClient:
         if self._link is not None:
             self._flush_ack()
             self._link.sendClose(wire.CLOSE_NORMAL)
+        incoming = self.move.reset()
+        if incoming is not None:
+            incoming.sendClose(wire.CLOSE_NORMAL)
         for link in self._abandoned:
             _tcp(link).abortConnection()
         self._abandoned = []
@@ -276,11 +284,12 @@ class GatewayClient:
         self.bind_address = bind_address
         link, self._link = self._link, None
         self.welcome = None
-        if link is not None:
-            link.owner = None
-            # Stop reading: the abandoned link must not hand over more frames.
-            cast(IPushProducer, link.transport).pauseProducing()
-            self._abandoned.append(link)
+        for old in (link, self.move.reset()):
+            if old is not None:
+                old.owner = None
+                # Stop reading: an abandoned link must not hand over more frames.
+                cast(IPushProducer, old.transport).pauseProducing()
+                self._abandoned.append(old)
         self._connect()
 
     @property
@@ -290,10 +299,10 @@ class GatewayClient:
 
     # Connection lifecycle
 
-    def _connect(self) -> None:
+    def _connect(self) -> WebSocketClientFactory | None:
         self._reconnect_call = None
         if not self._running:
-            return
+            return None
         token = self._token() if callable(self._token) else self._token
         query = {"token": token, "session": self.session}
         if self.last_id:
@@ -329,10 +338,14 @@ class GatewayClient:
             bindAddress=bind,
         )
         d = endpoint.connect(factory)
-        d.addErrback(self._connect_failed)
+        d.addErrback(self._connect_failed, factory)
+        return factory
 
-    def _connect_failed(self, reason: Any) -> None:
+    def _connect_failed(self, reason: Any, factory: WebSocketClientFactory) -> None:
         self.log.info("Connect failed: {error}", error=reason.getErrorMessage())
+        if factory is self.move.attempt:
+            self._move_failed(None, reason.getErrorMessage())
+            return
         self._schedule_reconnect(self.backoff.next_delay(self._rng))
 
     def _schedule_reconnect(self, delay: float) -> None:
@@ -340,8 +353,9 @@ class GatewayClient:
             self._reconnect_call = self._reactor.callLater(delay, self._connect)
 
     def _opened(self, link: _ClientProtocol) -> None:
-        self._link = link
         self.stats.connects += 1
+        if not self.move.opened(link):
+            self._link = link
 
     def _closed(
         self, link: _ClientProtocol, code: int | None, reason: str | None
@@ -350,9 +364,38 @@ class GatewayClient:
             self.stats.closes[code] = self.stats.closes.get(code, 0) + 1
         if link in self._abandoned:
             self._abandoned.remove(link)
+            self.move.forget(link)
+            return
+        if self.move.owns(link):
+            self._move_failed(code, reason)
             return
         if link is not self._link and self._link is not None:
             return
+        if link is self.move.source:
+            self._link = None
+            self.welcome = None
+            if self.move.source_closed():
+                # The node let go of the old link (4001 from this client's own
+                # new claim, or 1012): the new one is on its way.
+                return
+            # Between two attempts: reconnect now, like after a 1012.
+            code = wire.CLOSE_RESTARTING
+        self._lost(code, reason)
+
+    def _move_failed(self, code: int | None, reason: str | None) -> None:
+        # The move's new connection failed before its welcome. While the old
+        # link is open, try again after a backoff (it keeps its sends);
+        # without it, this is an ordinary lost connection.
+        if self._link is not None:
+            if code in STOP_CODES:
+                self.move.give_up()
+            else:
+                self.move.failed(self.backoff.next_delay(self._rng))
+            return
+        self.move.give_up()
+        self._lost(code, reason)
+
+    def _lost(self, code: int | None, reason: str | None) -> None:
         self._link = None
         self.welcome = None
         if not self._running:
@@ -372,6 +415,8 @@ class GatewayClient:
     # Frames
 
     def _frame(self, link: _ClientProtocol, frame: dict[str, Any]) -> None:
+        if self.move.holds_back(link, frame):
+            return
         if self.market.on_frame(frame):
             return
         kind = frame.get("type")
@@ -387,6 +432,8 @@ class GatewayClient:
             self._broadcast(frame)
         elif kind == "ack":
             self.outbox.acknowledged(frame)
+        elif kind == "reconnect":
+            self._asked_to_move(link, frame)
         elif kind == "error" and not self.outbox.refused(frame):
             self.log.warn(
                 "Gateway error: {code} {message}",
@@ -394,7 +441,23 @@ class GatewayClient:
                 message=frame.get("message"),
             )
 
+    def _asked_to_move(self, link: _ClientProtocol, frame: dict[str, Any]) -> None:
+        if link is self._link and self.welcome is not None and self._running:
+            if self.move.begin(link):
+                self.log.info(
+                    "Moving to a new connection: {reason}", reason=frame.get("reason")
+                )
+
     def _welcomed(self, link: _ClientProtocol, frame: dict[str, Any]) -> None:
+        if self.move.owns(link):
+            old = self.move.completed()
+            self._link = link
+            self.stats.moves += 1
+            if old is not None and old is not link:
+                # Its node closes it (4001) once it sees the new claim.
+                old.owner = None
+                self._abandoned.append(old)
+                self.move.retire(old, lambda: old.sendClose(wire.CLOSE_NORMAL))
         self.welcome = frame
         start = frame.get("broadcast_after")
         if self.last_broadcast_id is None and isinstance(start, str):
