@@ -276,3 +276,29 @@ class ConnectionCountTests(SynchronousTestCase):
         first.connectionLost(Failure(ConnectionDone()))
 
         self.assertEqual(factory.connections, 1)
+
+
+class DropTests(SynchronousTestCase):
+    """How the TCP connection ends once the WebSocket is closed."""
+
+    def setUp(self) -> None:
+        self.drops: list[bool] = []
+        self.patch(
+            WebSocketServerProtocol,
+            "dropConnection",
+            lambda protocol, abort=False: self.drops.append(abort),
+        )
+        self.protocol = GatewayServerProtocol()
+
+    def test_clean_close_ends_with_a_fin(self) -> None:
+        """After a completed closing handshake the connection is not reset,
+        which a balancer would count as a server error."""
+        self.protocol.wasClean = True
+        self.protocol.dropConnection(abort=True)
+        self.assertEqual(self.drops, [False])
+
+    def test_failed_close_is_still_reset(self) -> None:
+        """A connection dropped on a timeout or protocol error is reset."""
+        self.protocol.wasClean = False
+        self.protocol.dropConnection(abort=True)
+        self.assertEqual(self.drops, [True])

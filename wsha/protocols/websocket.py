@@ -170,6 +170,19 @@ class GatewayServerProtocol(WebSocketServerProtocol):
         """Register ``producer`` to be paused while the transport's buffer is full."""
         self.registerProducer(producer, True)
 
+    def dropConnection(self, abort: bool = False) -> None:
+        """Drop the TCP connection: with a FIN, not a reset, once the closing
+        handshake has completed.
+
+        Autobahn resets a server's connection as soon as the client answered
+        its close frame. A balancer in between counts each reset as a server
+        error (HAProxy: termination state ``SD``, the backend's ``eresp``), so
+        every takeover (4001) and every drain (1012) would look like a node
+        failing. A close that was not clean (a timeout, a protocol error) is
+        still reset.
+        """
+        super().dropConnection(abort=abort and not self.wasClean)
+
     def close(self, code: int, reason: str) -> None:
         """Start the closing handshake with ``code``.
 
