@@ -50,6 +50,9 @@ class LocalNode:
     extra_args: list[str] = field(default_factory=list)
     tac_file: Path | None = None
     process: subprocess.Popen[bytes] | None = None
+    # A session of its own: the process outlives the tool that started it and
+    # does not get the tool's terminal signals (Ctrl-C).
+    detach: bool = False
 
     @property
     def ws_url(self) -> str:
@@ -103,6 +106,7 @@ class LocalNode:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=errors,
+                start_new_session=self.detach,
             )
 
     def wait_ready(self, timeout: float = 60.0) -> None:
@@ -130,6 +134,26 @@ class LocalNode:
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode
+
+    def wait_exit(self, timeout: float = 60.0) -> int | None:
+        """Wait until the node's process has exited; return its exit code.
+
+        A process this object did not start is watched through its control
+        port: it has exited once ``/healthz`` no longer answers (None then).
+
+        :raises TimeoutError: if it still runs after ``timeout`` seconds.
+        """
+        if self.process is not None:
+            try:
+                return self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                raise TimeoutError(f"node {self.node_id} still runs") from None
+        deadline = time.monotonic() + timeout
+        while http_status(f"{self.control_url}/healthz", timeout=1.0) is not None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"node {self.node_id} still answers")
+            time.sleep(0.05)
+        return None
 
     def kill(self) -> None:
         """Kill at once (SIGKILL), as a crash would."""
