@@ -144,7 +144,7 @@ class NodeConfig:
         10.0, "Seconds over which a draining node tells its clients to move, jittered."
     )
     drain_move_timeout: float = setting(
-        5.0, "Seconds a client told to move has before its link is closed with 1012."
+        10.0, "Seconds a client told to move has before its link is closed with 1012."
     )
     drain_timeout: float = setting(
         30.0, "Longest a drain (on SIGTERM or POST /v1/admin/drain) may take."

@@ -177,11 +177,11 @@ def test_check_refuses_drain_settings_that_cannot_work(
     overrides: dict[str, object], message: str
 ) -> None:
     """A drain bound shorter than its grace, window and move timeout together
-    (2 + 10 + 5 s by default), or a negative span, is refused at start."""
+    (2 + 10 + 10 s by default), or a negative span, is refused at start."""
     with pytest.raises(ValueError, match=message):
         good(**overrides).check()
 
 
 def test_check_accepts_a_drain_without_grace_or_window() -> None:
     """Telling every client at once, straight away, is allowed (one node, tests)."""
-    good(drain_grace=0.0, drain_window=0.0, drain_timeout=5.0).check()
+    good(drain_grace=0.0, drain_window=0.0, drain_timeout=10.0).check()
