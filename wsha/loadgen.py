@@ -44,6 +44,10 @@ class TrafficUser:
     welcomes: list[float] = field(default_factory=list)
     disconnects: list[float] = field(default_factory=list)
     rejected: int = 0
+    # When each seq was handed to the client (monotonic), until delivered.
+    sent_at: dict[int, float] = field(default_factory=dict)
+    # (when sent, seconds from send to delivery) of each message received.
+    latencies: list[tuple[float, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -77,6 +81,8 @@ class Traffic:
     :param users: how many users (rounded up to an even number).
     :param rate: messages per second per user while sending.
     :param window: the most unacknowledged sends per user.
+    :param slices: each second's sends are made in this many steps, each for
+        a share of the users, rather than all at once (1: one burst).
     """
 
     def __init__(
@@ -88,10 +94,13 @@ class Traffic:
         rate: float = 5.0,
         window: int = 20,
         make_client: Callable[..., GatewayClient] = GatewayClient,
+        slices: int = 1,
     ):
         self._reactor = reactor
         self._rate = rate
         self._window = window
+        self._slices = max(1, slices)
+        self._slice = 0
         self._loop: task.LoopingCall | None = None
         tag = secrets.token_hex(3)
         count = users + users % 2
@@ -105,14 +114,20 @@ class Traffic:
                 url_for(i),
                 lambda name=name: token_for(name),
                 "dev",
-                lambda frame, received=received: received.append(
-                    int(frame["body"]["seq"])
-                ),
+                lambda frame, name=name: self._received(name, frame),
             )
             self.users.append(TrafficUser(name, partner, client, received=received))
         self._by_name = {u.user: u for u in self.users}
         for u in self.users:
             self._watch(u)
+
+    def _received(self, name: str, frame: dict[str, Any]) -> None:
+        u = self._by_name[name]
+        seq = int(frame["body"]["seq"])
+        u.received.append(seq)
+        sent = self._by_name[u.partner].sent_at.pop(seq, None)
+        if sent is not None:
+            u.latencies.append((sent, time.monotonic() - sent))
 
     def _watch(self, u: TrafficUser) -> None:
         u.client.on_welcome = lambda frame, u=u: u.welcomes.append(time.monotonic())
@@ -131,7 +146,7 @@ class Traffic:
         """Send from every user at ``rate`` per second until :meth:`stop_sending`."""
         self._loop = task.LoopingCall(self._tick)
         self._loop.clock = self._reactor
-        self._loop.start(1.0 / self._rate, now=True)
+        self._loop.start(1.0 / (self._rate * self._slices), now=True)
 
     def stop_sending(self) -> None:
         """Stop making new messages (retries of unacknowledged ones go on)."""
@@ -140,7 +155,9 @@ class Traffic:
         self._loop = None
 
     def _tick(self) -> None:
-        for u in self.users:
+        # Users i with i % slices == this step's slice send now.
+        step, self._slice = self._slice, (self._slice + 1) % self._slices
+        for u in self.users[step :: self._slices]:
             if u.in_flight < self._window:
                 self._send(u)
 
@@ -148,6 +165,7 @@ class Traffic:
         seq = u.next_seq
         u.next_seq += 1
         u.in_flight += 1
+        u.sent_at[seq] = time.monotonic()
         d = u.client.send(u.partner, {"seq": seq}, client_id=f"{u.user}-{seq}")
 
         def accepted(_: Any) -> None:
@@ -198,6 +216,16 @@ class Traffic:
                 if after:
                     times.append(after[0] - moment)
         return times
+
+    def latencies(self, since: float = 0.0, until: float = float("inf")) -> list[float]:
+        """Seconds from send to delivery of the messages sent between ``since``
+        and ``until`` (monotonic times) and delivered so far."""
+        return [
+            took
+            for u in self.users
+            for sent, took in u.latencies
+            if since <= sent <= until
+        ]
 
     def report(self) -> TrafficReport:
         """Count sent, accepted, delivered, lost, duplicated and reordered."""
