@@ -14,6 +14,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -109,3 +110,22 @@ def haproxy() -> Iterator[LocalHAProxy]:
     """A real HAProxy on free ports with every slot free; stopped after the test."""
     with running_haproxy() as balancer:
         yield balancer
+
+
+# Figures a load test wants in the run's summary, printed after the results
+# whatever the capture mode.
+FIGURES: list[str] = []
+
+
+def record(line: str) -> None:
+    """Keep ``line`` for the run's summary (and print it now)."""
+    FIGURES.append(line)
+    print("\n" + line)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print the figures recorded by the integration tests."""
+    if FIGURES:
+        terminalreporter.section("integration figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)
