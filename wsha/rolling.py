@@ -204,13 +204,19 @@ class RollingUpdate:
         if not others:
             return
         deadline = time.monotonic() + self.drain_timeout
-        while node.node_id in self._registered(others[0]):
+        while True:
+            try:
+                if node.node_id not in self._registered(others[0]):
+                    return
+                why = "still registered"
+            except RollingUpdateError as e:
+                # A node whose Redis is slow answers 503 for a while: ask again.
+                why = str(e)
             if time.monotonic() > deadline:
                 raise RollingUpdateError(
-                    f"{node.node_id} still registered {self.drain_timeout}s after "
-                    "its drain"
+                    f"{node.node_id}: {why} {self.drain_timeout}s after its drain"
                 )
-            time.sleep(0.05)
+            time.sleep(0.1)
 
     def _registered(self, via: LocalNode) -> set[str]:
         request = urllib.request.Request(f"{via.control_url}/v1/nodes")

@@ -170,7 +170,10 @@ def test_rolling_update_loses_duplicates_and_refuses_nothing(
         assert not any(errors.values()), (errors, haproxy.log_tail(20))
         assert during, "no message was sent during the update"
     except BaseException:
-        record(f"[rolling update] failed: {traffic.report()}; steps: {lines}")
+        record(
+            f"[rolling update] failed; traffic so far (messages in flight count "
+            f"as lost): {traffic.report()}; steps: {lines}"
+        )
         raise
     finally:
         traffic.stop()
