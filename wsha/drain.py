@@ -66,7 +66,7 @@ class DrainTiming:
     move_timeout: float
     timeout: float
     flush_timeout: float = 5.0
-    poll_interval: float = 0.1
+    poll_interval: float = 0.25
 
 
 class LocalSessions(Protocol):
@@ -158,9 +158,11 @@ class NodeDrain(service.Service):
         self._scheduled: set[ClientSession] = set()
         self._calls: list[IDelayedCall] = []
         self._stop_requested = False
+        self._stopping = False
 
     def stopService(self) -> Deferred[DrainReport]:
         """Drain (or finish the drain under way); fires once drained."""
+        self._stopping = True
         service.Service.stopService(self)
         return self.start()
 
@@ -190,7 +192,7 @@ class NodeDrain(service.Service):
 
     def _stop_when_drained(self, report: DrainReport) -> None:
         # A node already stopping (SIGTERM during the drain) is left to it.
-        if self.running:
+        if not self._stopping:
             self.log.info("Node {node} drained; stopping", node=self.node_id)
             self._stop_process()
 

@@ -321,7 +321,8 @@ class GatewayNode(OrderedMultiService):
             # twistd offers no other way for a service to end the process.
             self._reactor.stop()
             return
-        self.registry.state = READY
+        # Asked to drain while it was starting: it stays draining.
+        self.registry.state = DRAINING if self.drain.draining else READY
         yield self.registry.beat()
         assert self.websocket.port is not None and self.control.port is not None
         self.log.info(

@@ -14,7 +14,9 @@ from wsha import wire
 from wsha.client_session import ClientSession
 from wsha.drain import DrainTiming, NodeDrain
 
-TIMING = DrainTiming(grace=2.0, window=10.0, move_timeout=5.0, timeout=30.0)
+TIMING = DrainTiming(
+    grace=2.0, window=10.0, move_timeout=5.0, timeout=30.0, poll_interval=0.1
+)
 
 
 class FakeProducer:
@@ -289,3 +291,10 @@ class LifecycleTests(DrainHarness):
         self.step(TIMING.grace + 0.2)
         self.successResultOf(stopped)
         self.assertNotIn("stop", [e for e, _ in self.events])
+
+    def test_request_while_the_node_starts_still_stops_it(self) -> None:
+        """A drain asked for before the drain service started (the control API
+        opens first) still ends with the process stopped."""
+        self.drain.request()
+        self.step(TIMING.grace + 0.2)
+        self.assertEqual([e for e, _ in self.events].count("stop"), 1)
