@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from twisted.application import service
@@ -179,12 +179,19 @@ class NodeDrain(service.Service):
             self._run().addBoth(self._finished)
         return waiter
 
-    def request(self) -> bool:
+    def request(self, window: float | None = None) -> bool:
         """Drain at an operator's request, then stop the process.
 
-        Returns False if a drain was under way already (it goes on as it was).
+        ``window``, if given, replaces the configured window for this drain
+        (the bound grows by as much as the window does). Returns False if a
+        drain was under way already: it goes on as it was.
         """
         first = not self.draining
+        if first and window is not None:
+            longer = max(0.0, window - self.timing.window)
+            self.timing = replace(
+                self.timing, window=window, timeout=self.timing.timeout + longer
+            )
         if not self._stop_requested:
             self._stop_requested = True
             self.start().addCallback(self._stop_when_drained)

@@ -51,11 +51,13 @@ class DrainCommandTests(SynchronousTestCase):
         self.harness.clock.advance(31)
         self.assertEqual(self.harness.clock.getDelayedCalls(), [])
 
-    def post(self, token: str | None = TOKEN) -> tuple[int, dict[str, Any]]:
+    def post(
+        self, token: str | None = TOKEN, body: bytes = b""
+    ) -> tuple[int, dict[str, Any]]:
         """POST /v1/admin/drain; the status and the JSON answer."""
         request = DummyRequest([b"v1", b"admin", b"drain"])
         request.method = b"POST"
-        request.content = BytesIO(b"")
+        request.content = BytesIO(body)
         if token is not None:
             request.requestHeaders.addRawHeader(b"authorization", f"Bearer {token}")
         request.render(getChildForRequest(self.site.resource, request))
@@ -72,6 +74,7 @@ class DrainCommandTests(SynchronousTestCase):
                 "node": "gw-1",
                 "draining": True,
                 "started": True,
+                "window": 10.0,
                 "grace_ms": 2000,
                 "window_ms": 10000,
                 "move_timeout_ms": 5000,
@@ -79,6 +82,37 @@ class DrainCommandTests(SynchronousTestCase):
             },
         )
         self.assertTrue(self.drain.draining)
+
+    def test_window_asked_for_replaces_the_nodes_own(self) -> None:
+        """``{"window": 60}`` spreads the moves over 60 s; the drain's bound
+        grows by as much as the window did."""
+        status, body = self.post(body=b'{"window": 60}')
+        self.assertEqual(
+            (status, body["window"], body["window_ms"]), (202, 60.0, 60000)
+        )
+        self.assertEqual(body["timeout_ms"], 80000)
+        self.assertEqual(self.drain.timing.window, 60.0)
+
+    def test_bad_window_is_refused_and_nothing_drains(self) -> None:
+        """A window that is not a number of seconds from 0 to 3600, or a body
+        that is not a JSON object, is a 400 and the node keeps serving."""
+        for raw, code in (
+            (b'{"window": -1}', "bad_frame"),
+            (b'{"window": "60"}', "bad_frame"),
+            (b'{"window": true}', "bad_frame"),
+            (b'{"window": 3601}', "bad_frame"),
+            (b"[60]", "bad_frame"),
+            (b"{", "bad_json"),
+        ):
+            status, body = self.post(body=raw)
+            self.assertEqual((status, body["error"]), (400, code), raw)
+        self.assertFalse(self.drain.draining)
+
+    def test_window_of_a_drain_under_way_is_not_changed(self) -> None:
+        """A second request's window is ignored: the drain goes on as it was."""
+        self.post()
+        status, body = self.post(body=b'{"window": 60}')
+        self.assertEqual((status, body["started"], body["window"]), (202, False, 10.0))
 
     def test_second_post_changes_nothing(self) -> None:
         """Asking again answers 202 with ``started`` false; one stop follows."""
