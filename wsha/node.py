@@ -105,6 +105,7 @@ class GatewayNode(OrderedMultiService):
                 config.heartbeat_interval, config.heartbeat_ttl, config.reaper_interval
             ),
             self._on_reaped,
+            version=config.version_label,
         )
         self.registry.setName("node-registry")
         self.registry.setServiceParent(self)
