@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from wsha import topics
+from wsha import topics, wire
 from wsha.client_session import ClientSession
 from wsha.delivery import SessionDelivery
 from wsha.inbox import AppendResult, InboxStore
@@ -26,6 +26,9 @@ from wsha.sessions import Claim, SessionRegistry
 
 if TYPE_CHECKING:
     from wsha.broadcast.feed import BroadcastFeed
+
+KICKED = "kicked by operator"
+"""The close reason of a session an operator kicked (code 1008)."""
 
 NEWER_CLAIM_MEMORY = 30.0
 """Seconds a takeover notice for a session not (yet) live here is remembered."""
@@ -211,6 +214,9 @@ class Gateway:
         if notice["kind"] == topics.SUBSCRIPTIONS:
             self.reload_subscriptions(notice["user"], notice["session"])
             return
+        if notice["kind"] == topics.KICK:
+            self.kick_local(notice["user"], notice["session"], notice["epoch"])
+            return
         user, session = notice["user"], str(notice.get("session"))
         epoch = int(notice.get("epoch", 0))
         client = self.local.get(user, {}).get(session)
@@ -241,6 +247,24 @@ class Gateway:
         key = (user, session)
         self._newer_claims[key] = max(self._newer_claims.get(key, 0), epoch)
         self.clock.callLater(NEWER_CLAIM_MEMORY, self._newer_claims.pop, key, None)
+
+    def kick_local(self, user: str, session: str, epoch: int) -> bool:
+        """Close this node's connection of a session an operator kicked (1008).
+
+        A connection newer than ``epoch`` (opened after the operator looked) is
+        left open. Returns True if a connection was closed.
+        """
+        client = self.local.get(user, {}).get(session)
+        if client is None or client.epoch is None or client.epoch > epoch:
+            return False
+        self.log.info(
+            "Kicking {user}/{session} (epoch {epoch}) at an operator's request",
+            user=user,
+            session=session,
+            epoch=client.epoch,
+        )
+        client.link.close(wire.CLOSE_POLICY, KICKED)
+        return True
 
     def close_local_sessions(self, code: int, reason: str) -> None:
         """Close every connection on this node with ``code``; they reconnect."""

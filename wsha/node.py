@@ -15,6 +15,7 @@ from wsha.broadcast.sender import Broadcaster
 from wsha.broadcast.store import BroadcastStore
 from wsha.config import NodeConfig
 from wsha.control import control_site
+from wsha.control_admin import admin_commands
 from wsha.control_groups import GroupCommands
 from wsha.control_market import InstrumentTicks
 from wsha.gateway import Gateway
@@ -37,6 +38,7 @@ from wsha.services.ordered import OrderedMultiService
 from wsha.services.redis_link import LinkSettings
 from wsha.services.redis_service import RedisService
 from wsha.session_groups import GroupHub
+from wsha.session_mover import SessionMover
 from wsha.sessions import SessionRegistry
 from wsha.wire import CLOSE_RESTARTING
 
@@ -207,6 +209,7 @@ class GatewayNode(OrderedMultiService):
             config.slow_client_timeout, config.max_output_bytes
         )
 
+        self.mover = SessionMover(self.gateway, reactor)
         site = control_site(
             self.gateway,
             self.readiness,
@@ -215,6 +218,9 @@ class GatewayNode(OrderedMultiService):
             commands={
                 b"broadcast": BroadcastCommand(
                     broadcaster, config.control_token or None, config.max_body_bytes
+                ),
+                b"admin": admin_commands(
+                    self.gateway, self.mover, config.control_token or None
                 ),
                 b"groups": GroupCommands(self.gateway, config.control_token or None),
                 b"instruments": InstrumentTicks(
