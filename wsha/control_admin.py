@@ -145,7 +145,7 @@ class KickCommand(Guarded):
             else:
                 # Its node is dead: the connection is gone with it.
                 continue
-            kicked.append({"session": info.session, "node": info.node})
+            kicked.append({"session": info.session, "node": info.node, "epoch": epoch})
         gateway.log.info(
             "Operator kicked {user}: {count} sessions told to close",
             user=user,

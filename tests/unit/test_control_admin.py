@@ -154,7 +154,13 @@ class AdminTests(SynchronousTestCase):
 
         self.assertEqual(
             self.answer(request),
-            (200, {"user": "alice", "kicked": [{"session": "phone", "node": "gw-1"}]}),
+            (
+                200,
+                {
+                    "user": "alice",
+                    "kicked": [{"session": "phone", "node": "gw-1", "epoch": 5}],
+                },
+            ),
         )
         self.assertEqual(link.closes, [(wire.CLOSE_POLICY, KICKED)])
 
@@ -167,7 +173,9 @@ class AdminTests(SynchronousTestCase):
         )
 
         _, body = self.answer(request)
-        self.assertEqual(body["kicked"], [{"session": "phone", "node": "gw-2"}])
+        self.assertEqual(
+            body["kicked"], [{"session": "phone", "node": "gw-2", "epoch": 9}]
+        )
         self.assertEqual(
             self.harness.bus.sent,
             [
