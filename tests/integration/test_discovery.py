@@ -17,14 +17,14 @@ from twisted.internet import defer
 from twisted.internet.threads import deferToThread
 
 from tests.integration.conftest import Services
-from tests.integration.discovery_support import (
+from tests.integration.lb import LocalHAProxy
+from tests.integration.private_cluster import (
     PrivateRegistry,
     private_registry,
     running_companion,
     wait_gone,
     wait_serving,
 )
-from tests.integration.lb import LocalHAProxy
 from tests.integration.support import RawPeer, connect_raw, wait_for, within
 
 

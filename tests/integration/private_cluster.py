@@ -35,6 +35,10 @@ class PrivateRegistry:
     redis: OwnedService = field(default_factory=lambda: OwnedService("redis"))
     secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     control_token: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+    # Broadcasts stay among these nodes: others read the shared topic.
+    broadcast_topic: str = field(
+        default_factory=lambda: f"wsha.it-broadcast.{secrets.token_hex(4)}"
+    )
     nodes: list[LocalNode] = field(default_factory=list)
 
     @property
@@ -63,6 +67,7 @@ class PrivateRegistry:
                 "2",
                 "--reaper-interval",
                 "0.5",
+                f"--broadcast-topic={self.broadcast_topic}",
                 *extra_args,
             ],
         )
@@ -159,6 +164,38 @@ def running_companion(
         yield companion
     finally:
         companion.stop()
+
+
+def admin(registry: PrivateRegistry, node: LocalNode, *argv: str) -> tuple[int, str]:
+    """Run the CLI against ``node``'s control API (blocking); status and stdout."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wsha.admin",
+            "--control",
+            node.control_url,
+            *argv,
+        ],
+        cwd=REPO,
+        env=dict(
+            os.environ,
+            PYTHONPATH=str(REPO),
+            WSHA_CONTROL_TOKEN=registry.control_token,
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+def admin_json(registry: PrivateRegistry, node: LocalNode, *argv: str) -> Any:
+    """Run the CLI with ``--json``; its decoded answer (it must succeed)."""
+    status, out = admin(registry, node, "--json", *argv)
+    assert status == 0, out
+    return json.loads(out)
 
 
 def wait_until(condition: Any, timeout: float, what: str) -> None:
