@@ -44,7 +44,7 @@ def read_command(request: IRequest) -> dict[str, Any] | bytes:
     if len(raw) > MAX_REQUEST_BYTES:
         return error_response(request, 413, "body_too_big", "request over 1 MiB")
     try:
-        command = json.loads(raw)
+        command = wire.loads_strict(raw.decode("utf-8"))
     except ValueError:
         return error_response(request, 400, "bad_json", "request body is not JSON")
     if not isinstance(command, dict):
@@ -107,8 +107,12 @@ class Guarded(resource.Resource):
         if not self._token:
             return True
         header = request.getHeader(b"authorization") or b""
-        # Constant-time, so the token cannot be guessed from response timings.
-        return hmac.compare_digest(header, b"Bearer " + self._token.encode())
+        scheme, _, value = header.strip().partition(b" ")
+        # The scheme is case-insensitive (RFC 9110); the token is compared in
+        # constant time, so it cannot be guessed from response timings.
+        return scheme.lower() == b"bearer" and hmac.compare_digest(
+            value.strip(), self._token.encode()
+        )
 
     def render(self, request: IRequest) -> Any:
         """Refuse unauthorized requests before dispatching on the method."""

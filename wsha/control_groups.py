@@ -165,6 +165,14 @@ class _GroupResource(Guarded):
                     self._group, user, info.session, "", "", end_membership=True
                 )
             else:
+                held = yield store.subscriptions(user, info.session)
+                if self._group not in held and len(held) >= self._hub.max_groups:
+                    return 409, {
+                        "error": "too_many_subscriptions",
+                        "message": f"session {info.session} is in "
+                        f"{len(held)} groups already",
+                        "retry": False,
+                    }
                 joined = yield store.join(self._group, user, info.session, "", "")
                 yield store.subscribe(
                     user, info.session, self._group, joined.head, None, presence

@@ -128,7 +128,12 @@ class GatewayServerProtocol(WebSocketServerProtocol):
             self.close(code, reason)
             return
         assert self.client is not None
-        self.client.start()
+        self.client.start().addErrback(self._start_failed)
+
+    def _start_failed(self, reason: Any) -> None:
+        # A session that cannot start must not stay open, silent, and online.
+        log.failure("Session start failed on {peer}", reason, peer=self.peer)
+        self.close(wire.CLOSE_SERVER_ERROR, "session could not start")
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         """Pass a text frame to the session; binary frames get an error."""
