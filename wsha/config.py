@@ -135,6 +135,9 @@ class NodeConfig:
     max_output_bytes: int = setting(
         1024 * 1024, "Bytes written to a backed-up client before closing with 4008."
     )
+    log_format: str = setting(
+        "text", "Log lines as 'text' (twistd's) or 'json' (one object per line)."
+    )
 
     def check(self) -> None:
         """Raise ValueError naming the first setting that cannot work."""
@@ -189,6 +192,8 @@ class NodeConfig:
                 raise ValueError(f"{name.replace('_', '-')} must be positive")
         if self.max_output_bytes < self.max_message_bytes:
             raise ValueError("max-output-bytes must be at least max-message-bytes")
+        if self.log_format not in ("text", "json"):
+            raise ValueError("log-format must be 'text' or 'json'")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> NodeConfig:
