@@ -269,6 +269,16 @@ def close_code(code: int | None) -> str:
     return str(code) if code in KNOWN_CLOSE_CODES else "other"
 
 
+NODE_GAUGES = (
+    "wsha_node_info",
+    "wsha_node_state",
+    "wsha_sessions",
+    "wsha_redis_available",
+    "wsha_kafka_healthy",
+)
+"""The gauges :class:`NodeCollector` reads from the node at each scrape."""
+
+
 class NodeCollector(Collector):
     """Gauges read from the node when scraped: its state, sessions and links.
 
@@ -284,6 +294,11 @@ class NodeCollector(Collector):
         self.sessions: Callable[[], int] | None = None
         self.redis_available: Callable[[], bool] | None = None
         self.kafka_healthy: Callable[[], bool] | None = None
+
+    def describe(self) -> Iterator[Metric]:
+        """The gauges this collector reports (without values)."""
+        for name in NODE_GAUGES:
+            yield GaugeMetricFamily(name, name)
 
     def collect(self) -> Iterator[Metric]:
         """The node's gauges as they are now."""
