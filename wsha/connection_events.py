@@ -145,7 +145,7 @@ def closed(socket: ClosedSocket, clock: IReactorTime) -> None:
         return
     emit = log.info if client.claim is not None else log.debug
     emit(
-        "Session {user}/{session} closed on {node}: {code} by {by} ({reason})",
+        "Session {user}/{session} closed on {node} by {by}: {code} {reason}",
         connection="close",
         user=client.user,
         session=client.session,
