@@ -7,9 +7,10 @@ acknowledges ``upto`` an id, every noted message of that stream up to it is
 timed (``wsha_delivery_ack_seconds``). The write is timed too
 (``wsha_delivery_write_seconds``), for comparison.
 
-The record is bounded per stream: past ``max_tracked`` unacknowledged
-messages the oldest is dropped and counted instead, so a client that never
-acks costs a fixed amount of memory.
+The record is bounded per connection, whatever the number of its groups:
+past ``max_tracked`` unacknowledged messages the oldest of the stream written
+to is dropped and counted instead, so a client that never acks costs a fixed
+amount of memory (about 40 KB at most).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from twisted.internet.interfaces import IReactorTime
 from wsha import metrics
 from wsha.wire import stream_id_key
 
-MAX_TRACKED = 1024
-"""Unacknowledged messages remembered per stream of one connection."""
+MAX_TRACKED = 256
+"""Unacknowledged messages remembered per connection (a client acks every 50 ms)."""
 
 ACKED_CLASSES = frozenset({metrics.DIRECT, metrics.GROUP, metrics.BROADCAST})
 """The message classes whose clients acknowledge what they received."""
@@ -72,13 +73,14 @@ class DeliveryLedger:
 
     :param clock: the time source (the reactor); it also dates the
         connection's opening, which splits ``live`` from ``backlog`` messages.
-    :param max_tracked: unacknowledged messages remembered per stream.
+    :param max_tracked: unacknowledged messages remembered, over all streams.
     """
 
     def __init__(self, clock: IReactorTime, max_tracked: int = MAX_TRACKED):
         self._clock = clock
         self.opened_at = clock.seconds()
         self.max_tracked = max_tracked
+        self.tracked = 0
         self._streams: dict[tuple[str, str], deque[_Sent]] = {}
 
     def written(
@@ -102,10 +104,18 @@ class DeliveryLedger:
         sent = self._streams.get((kind, stream))
         if sent is None:
             sent = self._streams[(kind, stream)] = deque()
-        if len(sent) >= self.max_tracked:
-            sent.popleft()
-            _inc(metrics.DELIVERY_UNTRACKED, kind, "overflow")
+        if self.tracked >= self.max_tracked:
+            self._drop_oldest((kind, stream) if sent else None)
         sent.append(_Sent(stream_id_key(entry_id), accepted, when))
+        self.tracked += 1
+
+    def _drop_oldest(self, stream: tuple[str, str] | None) -> None:
+        # From the stream written to, or else from the first one holding any.
+        if stream is None:
+            stream = next(s for s, sent in self._streams.items() if sent)
+        self._streams[stream].popleft()
+        self.tracked -= 1
+        _inc(metrics.DELIVERY_UNTRACKED, stream[0], "overflow")
 
     def acknowledged(self, kind: str, stream: str, upto: str) -> int:
         """The client acked ``upto`` in ``stream``: time what it covers.
@@ -121,6 +131,7 @@ class DeliveryLedger:
         timed = 0
         while sent and sent[0].key <= limit:
             entry = sent.popleft()
+            self.tracked -= 1
             _observe(
                 metrics.DELIVERY_ACK, kind, entry.when, max(0.0, now - entry.accepted)
             )
@@ -135,6 +146,7 @@ class DeliveryLedger:
         """Stop waiting for acks of ``stream`` (the client left the group)."""
         sent = self._streams.pop((kind, stream), None)
         if sent:
+            self.tracked -= len(sent)
             _inc(metrics.DELIVERY_UNTRACKED, kind, "closed", len(sent))
 
     def close(self) -> None:

@@ -79,6 +79,18 @@ class LedgerTests(SynchronousTestCase):
         self.ledger.acknowledged("direct", "", "1000004-0")
         self.assertEqual(acked(), 3)
 
+    def test_bound_covers_all_streams(self) -> None:
+        """Many groups share one bound: a new group's first message drops the
+        oldest message of another stream."""
+        overflow = Delta(UNTRACKED, **{"class": "group", "reason": "overflow"})
+        for group in "abcd":
+            self.ledger.written("group", group, "1000000-0", 1_000_000, "history")
+        self.assertEqual(self.ledger.tracked, 3)
+        self.assertEqual(
+            [self.ledger.pending("group", g) for g in "abcd"], [0, 1, 1, 1]
+        )
+        self.assertEqual(overflow(), 1)
+
     def test_streams_are_separate(self) -> None:
         """An ack of one group covers nothing of another group or the inbox."""
         self.ledger.written("group", "a", "1000000-0", 1_000_000, "history")
