@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections import deque
 from typing import NamedTuple
 
-from prometheus_client import Counter, Histogram
 from twisted.internet.interfaces import IReactorTime
 
 from wsha import metrics
@@ -29,26 +28,6 @@ MAX_TRACKED = 256
 
 ACKED_CLASSES = frozenset({metrics.DIRECT, metrics.GROUP, metrics.BROADCAST})
 """The message classes whose clients acknowledge what they received."""
-
-_counters: dict[tuple[int, str, str], Counter] = {}
-_histograms: dict[tuple[int, str, str], Histogram] = {}
-
-
-def _inc(metric: Counter, first: str, second: str, amount: float = 1) -> None:
-    # Labelled children are looked up once: labels() takes a lock every call.
-    key = (id(metric), first, second)
-    child = _counters.get(key)
-    if child is None:
-        child = _counters[key] = metric.labels(first, second)
-    child.inc(amount)
-
-
-def _observe(metric: Histogram, first: str, second: str, seconds: float) -> None:
-    key = (id(metric), first, second)
-    child = _histograms.get(key)
-    if child is None:
-        child = _histograms[key] = metric.labels(first, second)
-    child.observe(seconds)
 
 
 def accepted_at(entry_id: str, ts_ms: int) -> float:
@@ -96,9 +75,9 @@ class DeliveryLedger:
         """
         accepted = accepted_at(entry_id, ts_ms)
         when = metrics.LIVE if accepted >= self.opened_at else metrics.BACKLOG
-        _inc(metrics.MESSAGES_OUT, kind, route)
+        metrics.MESSAGES_OUT.labels(kind, route).inc()
         now = self._clock.seconds()
-        _observe(metrics.DELIVERY_WRITE, kind, when, max(0.0, now - accepted))
+        metrics.DELIVERY_WRITE.labels(kind, when).observe(max(0.0, now - accepted))
         if kind not in ACKED_CLASSES:
             return
         sent = self._streams.get((kind, stream))
@@ -115,7 +94,7 @@ class DeliveryLedger:
             stream = next(s for s, sent in self._streams.items() if sent)
         self._streams[stream].popleft()
         self.tracked -= 1
-        _inc(metrics.DELIVERY_UNTRACKED, stream[0], "overflow")
+        metrics.DELIVERY_UNTRACKED.labels(stream[0], "overflow").inc()
 
     def acknowledged(self, kind: str, stream: str, upto: str) -> int:
         """The client acked ``upto`` in ``stream``: time what it covers.
@@ -132,9 +111,8 @@ class DeliveryLedger:
         while sent and sent[0].key <= limit:
             entry = sent.popleft()
             self.tracked -= 1
-            _observe(
-                metrics.DELIVERY_ACK, kind, entry.when, max(0.0, now - entry.accepted)
-            )
+            delay = max(0.0, now - entry.accepted)
+            metrics.DELIVERY_ACK.labels(kind, entry.when).observe(delay)
             timed += 1
         return timed
 
@@ -147,7 +125,7 @@ class DeliveryLedger:
         sent = self._streams.pop((kind, stream), None)
         if sent:
             self.tracked -= len(sent)
-            _inc(metrics.DELIVERY_UNTRACKED, kind, "closed", len(sent))
+            metrics.DELIVERY_UNTRACKED.labels(kind, "closed").inc(len(sent))
 
     def close(self) -> None:
         """The connection ended: what was never acked is counted, not timed."""

@@ -1,6 +1,8 @@
 """The node's Prometheus metrics, defined in one place (served at ``/metrics``).
 
 They live in prometheus_client's default registry: one node is one process.
+Those updated for every message or Redis command are reactor-thread metrics
+without locks (:mod:`wsha.reactor_metrics`); the rest are prometheus_client's.
 Every metric is described in docs/metrics.md; label values come from the
 constants below, never from user, session or group ids, so that the number
 of series stays small and fixed.
@@ -25,6 +27,7 @@ from twisted.web import resource
 from twisted.web.iweb import IRequest
 
 from wsha import __version__, wire
+from wsha.reactor_metrics import ReactorCounter, ReactorHistogram
 
 # Message classes (the ``class`` label).
 DIRECT = "direct"
@@ -157,36 +160,36 @@ DRAINS = Counter("wsha_drains", "Drains of this node begun.")
 
 # Messages
 
-MESSAGES_IN = Counter(
+MESSAGES_IN = ReactorCounter(
     "wsha_messages_in",
     "Messages accepted (stored), by class and where they came in; "
     "duplicates not included.",
     ["class", "route"],
 )
-DUPLICATES = Counter(
+DUPLICATES = ReactorCounter(
     "wsha_duplicates_suppressed",
     "Sends that repeated a client id already stored (retries), answered with "
     "the original id and not stored again.",
     ["class", "route"],
 )
-MESSAGES_OUT = Counter(
+MESSAGES_OUT = ReactorCounter(
     "wsha_messages_out",
     "Messages written to client connections, by class and how they got there.",
     ["class", "route"],
 )
-DELIVERY_WRITE = Histogram(
+DELIVERY_WRITE = ReactorHistogram(
     "wsha_delivery_write_seconds",
     "Seconds from a message's acceptance to its write on a client connection; "
     "'when' says whether it was accepted while that connection was open.",
     ["class", "when"],
-    buckets=LATENCY_BUCKETS,
+    LATENCY_BUCKETS,
 )
-DELIVERY_ACK = Histogram(
+DELIVERY_ACK = ReactorHistogram(
     "wsha_delivery_ack_seconds",
     "Seconds from a message's acceptance to the client's own ack of it on the "
     "connection it was written to.",
     ["class", "when"],
-    buckets=LATENCY_BUCKETS,
+    LATENCY_BUCKETS,
 )
 DELIVERY_UNTRACKED = Counter(
     "wsha_delivery_untracked",
@@ -197,12 +200,12 @@ DELIVERY_UNTRACKED = Counter(
 
 # Redis and Kafka
 
-REDIS_COMMANDS = Histogram(
+REDIS_COMMANDS = ReactorHistogram(
     "wsha_redis_command_seconds",
     "Seconds from sending a command (or script) on the node's Redis "
     "connection to its reply, error or timeout.",
     ["command"],
-    buckets=STORE_BUCKETS,
+    STORE_BUCKETS,
 )
 REDIS_ERRORS = Counter(
     "wsha_redis_errors",
