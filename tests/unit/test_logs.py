@@ -156,3 +156,24 @@ def test_unknown_log_format_is_refused(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("WSHA_LOG_FORMAT", "xml")
     with pytest.raises(usage.UsageError, match="log-format"):
         Options().parseOptions(["--jwt-secret=s"])
+
+
+def test_tac_node_logs_json_to_stdout(clean_env: pytest.MonkeyPatch) -> None:
+    """A node built for a .tac file with ``log_format`` json hands twistd a
+    JSON observer on stdout when it joins the application; a text node
+    leaves twistd's own."""
+    import sys
+
+    from wsha.config import NodeConfig
+    from wsha.tap import node_from_config
+
+    application = service.Application("wsha")
+    node = node_from_config(NodeConfig(jwt_secret="s", log_format="json"))
+    node.setServiceParent(application)
+    observer = application.getComponent(ILogObserver)
+    assert observer is node.log_observer
+    assert observer._outFile is sys.stdout  # type: ignore[attr-defined]
+
+    plain = service.Application("wsha")
+    node_from_config(NodeConfig(jwt_secret="s")).setServiceParent(plain)
+    assert plain.getComponent(ILogObserver) is None
