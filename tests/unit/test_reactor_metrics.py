@@ -3,9 +3,9 @@ histograms render as Prometheus expects."""
 
 from __future__ import annotations
 
-import pytest
 from collections.abc import Iterator
 
+import pytest
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
