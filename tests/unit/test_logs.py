@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from io import StringIO
 from pathlib import Path
 from typing import Any, ClassVar
@@ -103,9 +104,15 @@ def test_destination_is_where_twistd_would_log(
 
 
 def test_observer_writes_to_the_file(tmp_path: Path) -> None:
-    """A JSON observer on a path writes its lines there."""
+    """A JSON observer on a path writes its lines there, and SIGUSR1 rotates
+    the file as it does twistd's."""
     path = tmp_path / "node.log"
-    observer = logs.json_observer(str(path))
+    before = signal.getsignal(signal.SIGUSR1)
+    try:
+        observer = logs.json_observer(str(path))
+        assert signal.getsignal(signal.SIGUSR1) not in (before, None)
+    finally:
+        signal.signal(signal.SIGUSR1, before)
     Logger(namespace="wsha.test", observer=observer).info("hello {who}", who="ops")
     observer._outFile.close()  # type: ignore[attr-defined]
     assert json.loads(path.read_text())["who"] == "ops"
