@@ -144,6 +144,9 @@ class NodeConfig:
         "Version label this node registers; balancer policies (canary, "
         "blue/green) select nodes by it.",
     )
+    log_format: str = setting(
+        "text", "Log lines as 'text' (twistd's) or 'json' (one object per line)."
+    )
 
     def check(self) -> None:
         """Raise ValueError naming the first setting that cannot work."""
@@ -200,6 +203,8 @@ class NodeConfig:
             raise ValueError("max-output-bytes must be at least max-message-bytes")
         if not VERSION_LABEL_PATTERN.match(self.version_label):
             raise ValueError("version-label must be 1-64 characters A-Z a-z 0-9 ._+-")
+        if self.log_format not in ("text", "json"):
+            raise ValueError("log-format must be 'text' or 'json'")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> NodeConfig:

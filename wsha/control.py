@@ -13,7 +13,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 from twisted.web.iweb import IRequest
 
-from wsha import wire
+from wsha import metrics, wire
 from wsha.gateway import Gateway
 from wsha.metrics import MetricsPage
 from wsha.services.redis_service import RedisUnavailable
@@ -199,6 +199,7 @@ class SendCommand(Guarded):
             )
 
         def stored(result: Any) -> tuple[int, dict[str, Any]]:
+            metrics.stored(metrics.DIRECT, metrics.FROM_CONTROL, result.duplicate)
             return 200, {
                 "id": client_id,
                 "inbox": result.id,

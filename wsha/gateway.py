@@ -19,6 +19,7 @@ from wsha.client_session import ClientSession
 from wsha.delivery import SessionDelivery
 from wsha.inbox import AppendResult, InboxStore
 from wsha.market_session import MarketData
+from wsha.metrics import ROUTE_KAFKA, ROUTE_LOCAL, ROUTE_SWEEP
 from wsha.output_gate import OutputLimits
 from wsha.services.redis_service import RedisUnavailable
 from wsha.session_groups import GroupHub
@@ -209,7 +210,7 @@ class Gateway:
             self.log.warn("Ignoring a malformed notice: {error}", error=str(e))
             return
         if notice["kind"] == topics.INBOX:
-            self.poke_user(notice["user"])
+            self.poke_user(notice["user"], ROUTE_KAFKA)
             return
         if notice["kind"] == topics.SUBSCRIPTIONS:
             self.reload_subscriptions(notice["user"], notice["session"])
@@ -275,15 +276,18 @@ class Gateway:
     def poke_all(self) -> None:
         """Make every local session pull its inbox and groups (the safety net)."""
         for user in list(self.local):
-            self.poke_user(user)
+            self.poke_user(user, ROUTE_SWEEP)
         if self.groups is not None:
             self.groups.fanout.poke_all()
 
-    def poke_user(self, user: str) -> None:
-        """Make every local session of ``user`` pull its inbox."""
+    def poke_user(self, user: str, route: str | None = None) -> None:
+        """Make every local session of ``user`` pull its inbox.
+
+        :param route: what asks for the pull (``kafka``, ``local``, ``sweep``).
+        """
         for client in list(self.local.get(user, {}).values()):
             if client.delivery is not None:
-                client.delivery.poke()
+                client.delivery.poke(route)
 
     def _queue_notice(self, node: str, user: str) -> None:
         # Notices for one (node, user) within one reactor turn go out once.
@@ -296,7 +300,7 @@ class Gateway:
         pending, self._pending_notices = self._pending_notices, set()
         for node, user in pending:
             if node == self.node_id:
-                self.poke_user(user)
+                self.poke_user(user, ROUTE_LOCAL)
             else:
                 self.bus.send(node, topics.encode_inbox_notice(user), key=user.encode())
 

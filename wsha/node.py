@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 
+from wsha import logs, metrics
 from wsha.admission import AdmissionGate
 from wsha.auth import TokenVerifier
 from wsha.broadcast.control import BroadcastCommand
@@ -248,6 +249,21 @@ class GatewayNode(OrderedMultiService):
         self.websocket = ListenerService(reactor, config.port, self.websocket_factory)
         self.websocket.setName("websocket")
         self.websocket.setServiceParent(self)
+
+        metrics.watch_node(
+            config.node_id,
+            lambda: self.registry.state,
+            self.gateway.connection_count,
+            lambda: self.redis.available,
+            lambda: self.bus.healthy,
+        )
+        # Set by the twistd plugin or .tac for --log-format json.
+        self.log_observer: ILogObserver | None = None
+
+    def setServiceParent(self, parent: Any) -> Any:
+        """Join ``parent``; a twistd application also gets :attr:`log_observer`."""
+        logs.install(parent, self.log_observer)
+        return super().setServiceParent(parent)
 
     def _on_notice(self, raw: bytes) -> None:
         self.gateway.on_notice(raw)

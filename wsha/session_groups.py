@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.logger import Logger
 
-from wsha import keys, wire
+from wsha import keys, metrics, wire
 from wsha.delivery import SessionDelivery
 from wsha.groups import GroupStore, PresenceEntry
 from wsha.inbox import InboxEntry
@@ -117,6 +117,7 @@ class GroupMember:
             self.deliver,
             client.gateway.clock,
             writable=lambda: client.output.writable,
+            route=metrics.ROUTE_HISTORY,
         )
 
     def offer(self, entry: InboxEntry, previous: str) -> None:
@@ -125,7 +126,7 @@ class GroupMember:
 
     def poke(self) -> None:
         """Read the group's history after what this session was sent."""
-        self.delivery.poke()
+        self.delivery.poke(metrics.ROUTE_HISTORY)
 
     def presence_event(self, kind: str, user: str, session: str) -> None:
         """Tell the client who joined or left, if it asked to know."""
@@ -146,6 +147,8 @@ class GroupMember:
             self.client.send_bytes(
                 _group_frame(self.group, e.id, e.sender, e.body_json, e.ts)
             )
+            route = self.delivery.route
+            self.client.ledger.written(metrics.GROUP, self.group, e.id, e.ts, route)
             written += 1
         return written
 
@@ -307,6 +310,7 @@ class SessionGroups:
             self._error(None, "bad_frame", "ack beyond the last group message sent")
             return
         client = self.client
+        client.ledger.acknowledged(metrics.GROUP, group, upto)
         d = self.hub.store.acknowledge(
             client.user, client.session, str(client.epoch), group, upto
         )
@@ -411,6 +415,7 @@ class SessionGroups:
         if member is not None:
             member.delivery.stop()
             self.hub.fanout.detach(group, member)
+            self.client.ledger.forget(metrics.GROUP, group)
 
     def _error(self, frame_id: str | None, code: str, message: str) -> None:
         self.client.send_frame(wire.error_frame(code, message, frame_id))

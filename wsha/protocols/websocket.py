@@ -15,7 +15,7 @@ from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 
-from wsha import wire
+from wsha import connection_events, wire
 from wsha.admission import AdmissionGate
 from wsha.auth import AuthError, TokenVerifier
 from wsha.client_session import ClientSession
@@ -52,6 +52,7 @@ class GatewayServerProtocol(WebSocketServerProtocol):
 
     client: ClientSession | None = None
     _refusal: tuple[int, str] | None = None
+    opened_at: float | None = None
 
     def onConnect(self, request: ConnectionRequest) -> None:
         """Check the path and the request; authentication failures close after open.
@@ -120,8 +121,10 @@ class GatewayServerProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         """Refuse with the close code chosen in onConnect, or start the session."""
+        self.opened_at = connection_events.opened(self.factory.gateway.clock)
         if self._refusal is not None:
             code, reason = self._refusal
+            connection_events.refused(code)
             # A storm or an outage refuses many: those are logged once, elsewhere.
             emit = log.debug if code == wire.CLOSE_TRY_LATER else log.info
             emit("Refused {peer}: {reason}", peer=self.peer, reason=reason, code=code)
@@ -146,6 +149,7 @@ class GatewayServerProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         """Release the session (fenced: a newer owner is never touched)."""
+        connection_events.closed(self, self.factory.gateway.clock)
         if self.client is not None:
             self.client.connection_lost()
 
