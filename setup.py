@@ -36,6 +36,8 @@ setup(
     entry_points={
         "console_scripts": [
             "wsha-token = wsha.token:main",
+            "wsha-admin = wsha.admin:main",
+            "wsha-discovery = wsha.discovery:main",
         ],
     },
 )

@@ -14,9 +14,10 @@ from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 
-from wsha import wire
+from wsha import connection_events, metrics, wire
 from wsha.broadcast.session import SessionBroadcasts
 from wsha.delivery import SessionDelivery
+from wsha.delivery_latency import DeliveryLedger
 from wsha.groups import NotAMember
 from wsha.inbox import InboxEntry
 from wsha.output_gate import OutputGate
@@ -105,6 +106,8 @@ class ClientSession:
         self._storing = False
         hub = gateway.groups
         self.groups = SessionGroups(self, hub) if hub is not None else None
+        # Times each message written here up to the client's ack (metrics).
+        self.ledger = DeliveryLedger(gateway.clock)
 
     @inlineCallbacks
     def start(self) -> Any:
@@ -185,12 +188,14 @@ class ClientSession:
                 }
             )
         )
+        connection_events.session_opened(self, claim, restored)
 
         self.delivery = self.gateway.new_delivery(self, claim.replay_after)
         self.delivery.poke()
         if self.groups is not None:
             self.groups.go_live()
         if self.broadcasts is not None:
+            self.broadcasts.ledger = self.ledger
             self.broadcasts.start()
 
         early, self._early_frames = self._early_frames, []
@@ -281,6 +286,8 @@ class ClientSession:
             error = self.broadcasts.acknowledge(frame.upto)
             if error is not None:
                 self._reply(error)
+            else:
+                self.ledger.acknowledged(metrics.BROADCAST, "", frame.upto)
             return
         groups = self.groups
         frame_id = getattr(frame, "id", None)
@@ -309,6 +316,7 @@ class ClientSession:
                 wire.error_frame("bad_frame", "ack beyond the last message delivered")
             )
             return
+        self.ledger.acknowledged(metrics.DIRECT, "", upto)
         self.gateway.acknowledge(self, upto)
 
     def on_binary(self) -> None:
@@ -332,12 +340,14 @@ class ClientSession:
         Writing stops once the connection backs up; the inbox keeps the rest.
         """
         written = 0
+        route = self.delivery.route if self.delivery is not None else ""
         for entry in entries:
             if self.closed or not self.output.writable:
                 break
             self.link.send_frame(
                 wire.encode_message(entry.id, entry.sender, entry.body_json, entry.ts)
             )
+            self.ledger.written(metrics.DIRECT, "", entry.id, entry.ts, route)
             written += 1
         return written
 
@@ -351,13 +361,7 @@ class ClientSession:
         """Close this connection if a claim with a newer ``epoch`` replaced it."""
         if self.epoch is not None and self.epoch < epoch and not self.closed:
             self.closing = True
-            self.log.info(
-                "Session {user}/{session} taken over (epoch {old} < {new})",
-                user=self.user,
-                session=self.session,
-                old=self.epoch,
-                new=epoch,
-            )
+            connection_events.taken_over(self, epoch)
             self.link.close(wire.CLOSE_TAKEN_OVER, "session taken over")
 
     def connection_lost(self) -> None:
@@ -366,6 +370,7 @@ class ClientSession:
             return
         self.closed = True
         self.output.stop()
+        self.ledger.close()
         if self.market is not None:
             self.market.close()
         if self.delivery is not None:
@@ -433,6 +438,8 @@ class ClientSession:
             stored_in = "inbox"
 
         def stored(result: Any) -> None:
+            kind = metrics.DIRECT if stored_in == "inbox" else metrics.GROUP
+            metrics.stored(kind, metrics.FROM_WEBSOCKET, result.duplicate)
             answer[stored_in] = result.id
             answer["duplicate"] = result.duplicate
             self._reply(answer)

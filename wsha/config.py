@@ -11,10 +11,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from wsha import __version__
 from wsha.services.redis_url import parse_redis_url
 
 TOPIC_PATTERN = re.compile(r"^[A-Za-z0-9._\-]{1,249}$")
 """What Kafka accepts as a topic name."""
+
+VERSION_LABEL_PATTERN = re.compile(r"^[A-Za-z0-9._+\-]{1,64}$")
+"""What a version label may be (it is named in balancer policies, ``LABEL=...``)."""
 
 
 def generate_node_id() -> str:
@@ -149,6 +153,14 @@ class NodeConfig:
     drain_timeout: float = setting(
         30.0, "Longest a drain (on SIGTERM or POST /v1/admin/drain) may take."
     )
+    version_label: str = setting(
+        __version__,
+        "Version label this node registers; balancer policies (canary, "
+        "blue/green) select nodes by it.",
+    )
+    log_format: str = setting(
+        "text", "Log lines as 'text' (twistd's) or 'json' (one object per line)."
+    )
 
     def check(self) -> None:
         """Raise ValueError naming the first setting that cannot work."""
@@ -203,6 +215,10 @@ class NodeConfig:
                 raise ValueError(f"{name.replace('_', '-')} must be positive")
         if self.max_output_bytes < self.max_message_bytes:
             raise ValueError("max-output-bytes must be at least max-message-bytes")
+        if not VERSION_LABEL_PATTERN.match(self.version_label):
+            raise ValueError("version-label must be 1-64 characters A-Z a-z 0-9 ._+-")
+        if self.log_format not in ("text", "json"):
+            raise ValueError("log-format must be 'text' or 'json'")
         self._check_drain()
 
     def _check_drain(self) -> None:

@@ -13,7 +13,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 from twisted.web.iweb import IRequest
 
-from wsha import wire
+from wsha import metrics, wire
 from wsha.gateway import Gateway
 from wsha.metrics import MetricsPage
 from wsha.services.redis_service import RedisUnavailable
@@ -44,7 +44,7 @@ def read_command(request: IRequest) -> dict[str, Any] | bytes:
     if len(raw) > MAX_REQUEST_BYTES:
         return error_response(request, 413, "body_too_big", "request over 1 MiB")
     try:
-        command = json.loads(raw)
+        command = wire.loads_strict(raw.decode("utf-8"))
     except ValueError:
         return error_response(request, 400, "bad_json", "request body is not JSON")
     if not isinstance(command, dict):
@@ -107,8 +107,12 @@ class Guarded(resource.Resource):
         if not self._token:
             return True
         header = request.getHeader(b"authorization") or b""
-        # Constant-time, so the token cannot be guessed from response timings.
-        return hmac.compare_digest(header, b"Bearer " + self._token.encode())
+        scheme, _, value = header.strip().partition(b" ")
+        # The scheme is case-insensitive (RFC 9110); the token is compared in
+        # constant time, so it cannot be guessed from response timings.
+        return scheme.lower() == b"bearer" and hmac.compare_digest(
+            value.strip(), self._token.encode()
+        )
 
     def render(self, request: IRequest) -> Any:
         """Refuse unauthorized requests before dispatching on the method."""
@@ -195,6 +199,7 @@ class SendCommand(Guarded):
             )
 
         def stored(result: Any) -> tuple[int, dict[str, Any]]:
+            metrics.stored(metrics.DIRECT, metrics.FROM_CONTROL, result.duplicate)
             return 200, {
                 "id": client_id,
                 "inbox": result.id,

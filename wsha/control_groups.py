@@ -13,7 +13,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.web import resource
 from twisted.web.iweb import IRequest
 
-from wsha import wire
+from wsha import metrics, wire
 from wsha.control import (
     Guarded,
     command_id,
@@ -120,6 +120,7 @@ class _GroupResource(Guarded):
         work = self._hub.store.publish(self._group, sender, client_id, body_json, ts)
 
         def stored(result: Any) -> tuple[int, dict[str, Any]]:
+            metrics.stored(metrics.GROUP, metrics.FROM_CONTROL, result.duplicate)
             return 200, {
                 "id": client_id,
                 "group": self._group,
@@ -165,6 +166,14 @@ class _GroupResource(Guarded):
                     self._group, user, info.session, "", "", end_membership=True
                 )
             else:
+                held = yield store.subscriptions(user, info.session)
+                if self._group not in held and len(held) >= self._hub.max_groups:
+                    return 409, {
+                        "error": "too_many_subscriptions",
+                        "message": f"session {info.session} is in "
+                        f"{len(held)} groups already",
+                        "retry": False,
+                    }
                 joined = yield store.join(self._group, user, info.session, "", "")
                 yield store.subscribe(
                     user, info.session, self._group, joined.head, None, presence

@@ -9,7 +9,7 @@ from typing import Any
 
 from twisted.web.iweb import IRequest
 
-from wsha import wire
+from wsha import metrics, wire
 from wsha.control import Guarded, error_response, read_command, respond_later
 from wsha.market import InstrumentStore, is_json_value
 
@@ -58,6 +58,7 @@ class InstrumentTicks(Guarded):
             )
 
         def published(entry_id: str) -> tuple[int, dict[str, Any]]:
+            metrics.stored(metrics.MARKET, metrics.FROM_CONTROL, False)
             return 200, {"instrument": instrument, "id": entry_id}
 
         work = self._store.publish(instrument, value_json)

@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from wsha.inbox import InboxEntry
+from wsha.metrics import ROUTE_HISTORY, ROUTE_PUBSUB, ROUTE_REPLAY
 from wsha.services.redis_service import RedisUnavailable
 from wsha.wire import stream_id_key
 
@@ -45,6 +46,8 @@ class SessionDelivery:
     :param retry_delay: seconds to wait before retrying a failed read.
     :param writable: says whether the connection takes more now; while it does
         not, nothing is read, and the owner pokes once it does again.
+    :param route: how the first pull's entries reach the session (a metrics
+        label, see docs/metrics.md); each poke may name the next one.
     """
 
     log = Logger()
@@ -59,6 +62,7 @@ class SessionDelivery:
         batch_size: int = 256,
         retry_delay: float = 1.0,
         writable: Callable[[], bool] = lambda: True,
+        route: str = ROUTE_REPLAY,
     ):
         self._inbox = inbox
         self._user = user
@@ -75,14 +79,24 @@ class SessionDelivery:
         # Set when a pull stopped because the connection backed up: the
         # owner pokes again once it drains.
         self.held = False
+        # What made the running pull read (the delivered entries' route).
+        self.route = route
+        self._next_route = route
 
-    def poke(self) -> None:
-        """Say the inbox may have grown; pulls now, or again after the pull running."""
+    def poke(self, route: str | None = None) -> None:
+        """Say the inbox may have grown; pulls now, or again after the pull running.
+
+        :param route: what says so (a Kafka notice, a sweep...); None keeps
+            the route of the last pull.
+        """
         if self._stopped:
             return
         if self._busy:
+            if not self._again:
+                self._next_route = route or self.route
             self._again = True
             return
+        self.route = route or self.route
         self._busy = True
         self._pull()
 
@@ -99,13 +113,14 @@ class SessionDelivery:
         if stream_id_key(entry.id) <= last:
             return
         if self._busy or stream_id_key(previous) > last:
-            self.poke()
+            self.poke(ROUTE_HISTORY)
             return
         if not self._writable():
             # Read again from the stream once the connection drains.
             self.held = True
             return
         before, self.last_sent = self.last_sent, entry.id
+        self.route = ROUTE_PUBSUB
         written = self._deliver([entry])
         if written is not None and written < 1:
             self.last_sent = before
@@ -125,6 +140,8 @@ class SessionDelivery:
                 if not self._writable():
                     self.held = True
                     return
+                if self._again:
+                    self.route = self._next_route
                 self.held = self._again = False
                 entries = yield self._inbox.read_after(
                     self._user, self.last_sent, self._batch_size

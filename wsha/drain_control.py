@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
 from typing import Any
 
-from twisted.web import resource
 from twisted.web.iweb import IRequest
 
 from wsha.control import MAX_REQUEST_BYTES, Guarded, error_response, write_json
@@ -102,11 +100,3 @@ class DrainCommand(Guarded):
                 "timeout_ms": int(timing.timeout * 1000),
             },
         )
-
-
-def admin_resource(commands: Mapping[bytes, resource.Resource]) -> resource.Resource:
-    """The ``/v1/admin`` folder holding ``commands`` by path segment."""
-    admin = resource.Resource()
-    for name, command in commands.items():
-        admin.putChild(name, command)
-    return admin

@@ -14,12 +14,13 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from wsha import topics
+from wsha import topics, wire
 from wsha.client_session import ClientSession
 from wsha.delivery import SessionDelivery
 from wsha.inbox import AppendResult, InboxStore
 from wsha.inflight import InFlight
 from wsha.market_session import MarketData
+from wsha.metrics import ROUTE_KAFKA, ROUTE_LOCAL, ROUTE_SWEEP
 from wsha.output_gate import OutputLimits
 from wsha.services.redis_service import RedisUnavailable
 from wsha.session_groups import GroupHub
@@ -27,6 +28,9 @@ from wsha.sessions import Claim, SessionRegistry
 
 if TYPE_CHECKING:
     from wsha.broadcast.feed import BroadcastFeed
+
+KICKED = "kicked by operator"
+"""The close reason of a session an operator kicked (code 1008)."""
 
 NEWER_CLAIM_MEMORY = 30.0
 """Seconds a takeover notice for a session not (yet) live here is remembered."""
@@ -217,10 +221,13 @@ class Gateway:
             self.log.warn("Ignoring a malformed notice: {error}", error=str(e))
             return
         if notice["kind"] == topics.INBOX:
-            self.poke_user(notice["user"])
+            self.poke_user(notice["user"], ROUTE_KAFKA)
             return
         if notice["kind"] == topics.SUBSCRIPTIONS:
             self.reload_subscriptions(notice["user"], notice["session"])
+            return
+        if notice["kind"] == topics.KICK:
+            self.kick_local(notice["user"], notice["session"], notice["epoch"])
             return
         user, session = notice["user"], str(notice.get("session"))
         epoch = int(notice.get("epoch", 0))
@@ -253,6 +260,24 @@ class Gateway:
         self._newer_claims[key] = max(self._newer_claims.get(key, 0), epoch)
         self.clock.callLater(NEWER_CLAIM_MEMORY, self._newer_claims.pop, key, None)
 
+    def kick_local(self, user: str, session: str, epoch: int) -> bool:
+        """Close this node's connection of a session an operator kicked (1008).
+
+        A connection newer than ``epoch`` (opened after the operator looked) is
+        left open. Returns True if a connection was closed.
+        """
+        client = self.local.get(user, {}).get(session)
+        if client is None or client.epoch is None or client.epoch > epoch:
+            return False
+        self.log.info(
+            "Kicking {user}/{session} (epoch {epoch}) at an operator's request",
+            user=user,
+            session=session,
+            epoch=client.epoch,
+        )
+        client.link.close(wire.CLOSE_POLICY, KICKED)
+        return True
+
     def close_local_sessions(self, code: int, reason: str) -> None:
         """Close every connection on this node with ``code``; they reconnect."""
         for sessions in list(self.local.values()):
@@ -262,15 +287,18 @@ class Gateway:
     def poke_all(self) -> None:
         """Make every local session pull its inbox and groups (the safety net)."""
         for user in list(self.local):
-            self.poke_user(user)
+            self.poke_user(user, ROUTE_SWEEP)
         if self.groups is not None:
             self.groups.fanout.poke_all()
 
-    def poke_user(self, user: str) -> None:
-        """Make every local session of ``user`` pull its inbox."""
+    def poke_user(self, user: str, route: str | None = None) -> None:
+        """Make every local session of ``user`` pull its inbox.
+
+        :param route: what asks for the pull (``kafka``, ``local``, ``sweep``).
+        """
         for client in list(self.local.get(user, {}).values()):
             if client.delivery is not None:
-                client.delivery.poke()
+                client.delivery.poke(route)
 
     def _queue_notice(self, node: str, user: str) -> None:
         # Notices for one (node, user) within one reactor turn go out once.
@@ -283,7 +311,7 @@ class Gateway:
         pending, self._pending_notices = self._pending_notices, set()
         for node, user in pending:
             if node == self.node_id:
-                self.poke_user(user)
+                self.poke_user(user, ROUTE_LOCAL)
             else:
                 self.bus.send(node, topics.encode_inbox_notice(user), key=user.encode())
 

@@ -34,6 +34,9 @@ ADMIN_FORCED_DRAIN = 0x08
 # srv_op_state values.
 OPERATIONAL = {0: "down", 1: "starting", 2: "up", 3: "stopping"}
 
+MAX_WEIGHT = 256
+"""The largest server weight HAProxy takes; 0 sends a server no new connection."""
+
 
 class RuntimeAPIError(Exception):
     """HAProxy refused a command, or answered something unexpected."""
@@ -67,6 +70,7 @@ class Slot:
     check_port: int
     operational: str
     admin: int
+    weight: int = 1
 
     @property
     def free(self) -> bool:
@@ -132,6 +136,7 @@ def parse_servers_state(text: str) -> list[Slot]:
                 check_port=int(row["srv_check_port"]),
                 operational=OPERATIONAL.get(int(row["srv_op_state"]), "unknown"),
                 admin=int(row["srv_admin_state"]),
+                weight=int(row.get("srv_uweight", "1")),
             )
         )
     return slots
@@ -263,6 +268,17 @@ class RuntimeAPI:
         ):
             raise RuntimeAPIError(f"adding {node} to {server} failed: {answer!r}")
         return added
+
+    def set_weight(self, target: str, weight: int) -> Slot:
+        """Give the node in ``target`` a share of new connections (0-256)."""
+        if not 0 <= weight <= MAX_WEIGHT:
+            raise ValueError(f"weight {weight} is not 0-{MAX_WEIGHT}")
+        slot = self.find(target)
+        answer = self.execute(f"set server {self.backend}/{slot.name} weight {weight}")
+        changed = self.find(slot.name)
+        if changed.weight != weight:
+            raise RuntimeAPIError(f"weighting {slot.name} failed: {answer!r}")
+        return changed
 
     def drain(self, target: str) -> Slot:
         """Send no new connection to the node in ``target``; open ones stay."""

@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from wsha import wire
+from wsha import metrics, wire
 from wsha.market import Tick
 from wsha.services.market_feed import TickWatcher
 from wsha.services.redis_service import RedisUnavailable
@@ -180,6 +180,7 @@ class MarketSubscriptions:
                 self._output.send_frame(
                     tick.frame(watch.pending_snapshot, watch.pending_conflated)
                 )
+                metrics.market_sent(watch.pending_snapshot)
 
     def close(self) -> None:
         """The connection is gone: stop watching everything."""
@@ -326,6 +327,7 @@ class MarketSubscriptions:
             conflated = True
         elif self._output.writable:
             self._output.send_frame(tick.frame(snapshot, conflated))
+            metrics.market_sent(snapshot)
             return
         watch.pending = tick
         watch.pending_snapshot, watch.pending_conflated = snapshot, conflated

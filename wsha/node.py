@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 
+from wsha import logs, metrics
 from wsha.admission import AdmissionGate
 from wsha.auth import TokenVerifier
 from wsha.broadcast.control import BroadcastCommand
@@ -15,10 +16,11 @@ from wsha.broadcast.sender import Broadcaster
 from wsha.broadcast.store import BroadcastStore
 from wsha.config import NodeConfig
 from wsha.control import control_site
+from wsha.control_admin import admin_commands
 from wsha.control_groups import GroupCommands
 from wsha.control_market import InstrumentTicks
 from wsha.drain import DrainTiming, NodeDrain
-from wsha.drain_control import DrainCommand, admin_resource
+from wsha.drain_control import DrainCommand
 from wsha.gateway import Gateway
 from wsha.groups import GroupLimits, GroupStore
 from wsha.inbox import Durability, InboxLimits, InboxStore
@@ -39,6 +41,7 @@ from wsha.services.ordered import OrderedMultiService
 from wsha.services.redis_link import LinkSettings
 from wsha.services.redis_service import RedisService
 from wsha.session_groups import GroupHub
+from wsha.session_mover import SessionMover
 from wsha.sessions import SessionRegistry
 from wsha.wire import CLOSE_RESTARTING
 
@@ -107,6 +110,7 @@ class GatewayNode(OrderedMultiService):
                 config.heartbeat_interval, config.heartbeat_ttl, config.reaper_interval
             ),
             self._on_reaped,
+            version=config.version_label,
         )
         self.registry.setName("node-registry")
         self.registry.setServiceParent(self)
@@ -208,6 +212,7 @@ class GatewayNode(OrderedMultiService):
             config.slow_client_timeout, config.max_output_bytes
         )
 
+        self.mover = SessionMover(self.gateway, reactor)
         # Built before the control API, which serves its command; added as
         # the node's last child (below), so that it is the first to stop.
         self.drain = NodeDrain(
@@ -229,6 +234,8 @@ class GatewayNode(OrderedMultiService):
             open_connections=lambda: self.websocket_factory.connections,
         )
 
+        admin = admin_commands(self.gateway, self.mover, config.control_token or None)
+        admin.putChild(b"drain", DrainCommand(self.drain, config.control_token or None))
         site = control_site(
             self.gateway,
             self.readiness,
@@ -238,12 +245,10 @@ class GatewayNode(OrderedMultiService):
                 b"broadcast": BroadcastCommand(
                     broadcaster, config.control_token or None, config.max_body_bytes
                 ),
+                b"admin": admin,
                 b"groups": GroupCommands(self.gateway, config.control_token or None),
                 b"instruments": InstrumentTicks(
                     instruments, config.max_body_bytes, config.control_token or None
-                ),
-                b"admin": admin_resource(
-                    {b"drain": DrainCommand(self.drain, config.control_token or None)}
                 ),
             },
         )
@@ -270,6 +275,21 @@ class GatewayNode(OrderedMultiService):
 
         self.drain.setName("drain")
         self.drain.setServiceParent(self)
+
+        metrics.watch_node(
+            config.node_id,
+            lambda: self.registry.state,
+            self.gateway.connection_count,
+            lambda: self.redis.available,
+            lambda: self.bus.healthy,
+        )
+        # Set by the twistd plugin or .tac for --log-format json.
+        self.log_observer: ILogObserver | None = None
+
+    def setServiceParent(self, parent: Any) -> Any:
+        """Join ``parent``; a twistd application also gets :attr:`log_observer`."""
+        logs.install(parent, self.log_observer)
+        return super().setServiceParent(parent)
 
     def _on_notice(self, raw: bytes) -> None:
         self.gateway.on_notice(raw)

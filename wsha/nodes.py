@@ -52,7 +52,8 @@ class NodeRecord:
     :param id: the node id.
     :param url: the WebSocket URL clients reach it at.
     :param control_url: the base URL of its control API.
-    :param version: the wsha version it runs.
+    :param version: its version label (``--version-label``; the wsha version
+        it runs unless set otherwise).
     :param state: ``starting``, ``ready`` or ``draining``.
     :param connections: how many sessions are live on it.
     :param started_at: when it started, in ms since the epoch (its clock).

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.logger import Logger
 
-from wsha import keys, wire
+from wsha import keys, metrics, wire
 from wsha.delivery import SessionDelivery
 from wsha.groups import GroupStore, PresenceEntry
 from wsha.inbox import InboxEntry
@@ -60,9 +60,33 @@ def _group_frame(group: str, entry_id: str, sender: str, body: str, ts: int) -> 
     return wire.encode_group_message(group, entry_id, sender, body, ts)
 
 
+PRESENCE_FRAME_BUDGET = 64 * 1024
+"""Bytes of member entries one presence answer carries at most (frames are bounded)."""
+
+
 def presence_list(entries: list[PresenceEntry]) -> list[dict[str, str]]:
     """Present members as they appear in frames and control-API answers."""
     return [{"user": e.user, "session": e.session, "node": e.node} for e in entries]
+
+
+def bounded_presence(entries: list[PresenceEntry]) -> dict[str, Any]:
+    """The ``members`` of a presence frame, cut to fit a WebSocket message.
+
+    ``count`` is how many are online; ``complete`` is false when ``members``
+    lists only the first of them (by user, then session).
+    """
+    members: list[dict[str, str]] = []
+    size = 0
+    for member in presence_list(entries):
+        size += len(member["user"]) + len(member["session"]) + len(member["node"]) + 48
+        if size > PRESENCE_FRAME_BUDGET:
+            break
+        members.append(member)
+    return {
+        "members": members,
+        "count": len(entries),
+        "complete": len(members) == len(entries),
+    }
 
 
 class GroupMember:
@@ -93,6 +117,7 @@ class GroupMember:
             self.deliver,
             client.gateway.clock,
             writable=lambda: client.output.writable,
+            route=metrics.ROUTE_HISTORY,
         )
 
     def offer(self, entry: InboxEntry, previous: str) -> None:
@@ -101,7 +126,7 @@ class GroupMember:
 
     def poke(self) -> None:
         """Read the group's history after what this session was sent."""
-        self.delivery.poke()
+        self.delivery.poke(metrics.ROUTE_HISTORY)
 
     def presence_event(self, kind: str, user: str, session: str) -> None:
         """Tell the client who joined or left, if it asked to know."""
@@ -122,6 +147,8 @@ class GroupMember:
             self.client.send_bytes(
                 _group_frame(self.group, e.id, e.sender, e.body_json, e.ts)
             )
+            route = self.delivery.route
+            self.client.ledger.written(metrics.GROUP, self.group, e.id, e.ts, route)
             written += 1
         return written
 
@@ -155,6 +182,17 @@ class SessionGroups:
         :meth:`go_live` is called (after the welcome is sent).
         """
         groups = sorted(claim.subscriptions)
+        if len(groups) > self.hub.max_groups:
+            # Only the control API can get a session past the limit (before
+            # it was enforced there too): serve the first ones, say so.
+            self.log.warn(
+                "Session {user}/{session} has {count} groups; restoring {limit}",
+                user=self.client.user,
+                session=self.client.session,
+                count=len(groups),
+                limit=self.hub.max_groups,
+            )
+            groups = groups[: self.hub.max_groups]
         joined = yield gatherResults(
             [self._join(group) for group in groups], consumeErrors=True
         )
@@ -215,7 +253,9 @@ class SessionGroups:
             answer["id"] = frame.id
         if frame.presence:
             online = yield self.hub.online(group)
-            answer["presence"] = presence_list(online)
+            bounded = bounded_presence(online)
+            answer["presence"] = bounded["members"]
+            answer["presence_complete"] = bounded["complete"]
         client.send_frame(answer)
         if current is None and not self.closed:
             self._attach(group, position, frame.presence)
@@ -254,7 +294,7 @@ class SessionGroups:
         answer: dict[str, Any] = {
             "type": "presence",
             "group": frame.group,
-            "members": presence_list(online),
+            **bounded_presence(online),
         }
         if frame.id is not None:
             answer["id"] = frame.id
@@ -270,6 +310,7 @@ class SessionGroups:
             self._error(None, "bad_frame", "ack beyond the last group message sent")
             return
         client = self.client
+        client.ledger.acknowledged(metrics.GROUP, group, upto)
         d = self.hub.store.acknowledge(
             client.user, client.session, str(client.epoch), group, upto
         )
@@ -374,6 +415,7 @@ class SessionGroups:
         if member is not None:
             member.delivery.stop()
             self.hub.fanout.detach(group, member)
+            self.client.ledger.forget(metrics.GROUP, group)
 
     def _error(self, frame_id: str | None, code: str, message: str) -> None:
         self.client.send_frame(wire.error_frame(code, message, frame_id))

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 from twisted.python import usage
 
+from wsha import logs
 from wsha.config import NodeConfig
 from wsha.node import GatewayNode
 
@@ -68,12 +69,27 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
         self["config"] = config
 
+        # JSON lines go where twistd would have written its own lines.
+        twistd = self.parent
+        if (
+            config.log_format == logs.JSON
+            and twistd is not None
+            and twistd.get("syslog")
+        ):
+            raise usage.UsageError("--log-format json cannot go to --syslog")
+        self["log_destination"] = logs.twistd_destination(twistd)
+
 
 def makeService(options: Options) -> Any:
     """Build a node from parsed options (used by twistd and by .tac files)."""
     from twisted.internet import reactor
 
-    return GatewayNode(options["config"], reactor)
+    config = options["config"]
+    node = GatewayNode(config, reactor)
+
+    if config.log_format == logs.JSON:
+        node.log_observer = logs.json_observer(options["log_destination"])
+    return node
 
 
 def node_from_config(config: NodeConfig) -> GatewayNode:
@@ -84,5 +100,9 @@ def node_from_config(config: NodeConfig) -> GatewayNode:
     from twisted.internet import reactor
 
     config.check()
+    node = GatewayNode(config, reactor)
 
-    return GatewayNode(config, reactor)
+    if config.log_format == logs.JSON:
+        # A .tac file cannot see twistd's --logfile: JSON goes to stdout.
+        node.log_observer = logs.json_observer(logs.STDOUT)
+    return node

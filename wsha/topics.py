@@ -39,6 +39,21 @@ def encode_subscriptions_notice(user: str, session_id: str) -> bytes:
     ).encode()
 
 
+KICK = "kick"
+"""Notification kind: an operator kicked this session; close it (1008)."""
+
+
+def encode_kick_notice(user: str, session_id: str, epoch: int) -> bytes:
+    """Build the notice that tells a node to close a session an operator kicked.
+
+    Only a connection whose epoch is ``epoch`` or older is closed: a newer one
+    was opened after the operator looked.
+    """
+    return json.dumps(
+        {"kind": KICK, "user": user, "session": session_id, "epoch": epoch}
+    ).encode()
+
+
 def encode_inbox_notice(user: str) -> bytes:
     """Build the notice that tells a node ``user``'s inbox grew."""
     return json.dumps({"kind": INBOX, "user": user}).encode()
@@ -51,7 +66,7 @@ def encode_takeover_notice(user: str, session_id: str, epoch: int) -> bytes:
     ).encode()
 
 
-KINDS = (INBOX, TAKEOVER, SUBSCRIPTIONS)
+KINDS = (INBOX, TAKEOVER, SUBSCRIPTIONS, KICK)
 
 
 def decode_notice(raw: bytes) -> dict[str, Any]:
@@ -63,12 +78,12 @@ def decode_notice(raw: bytes) -> dict[str, Any]:
         raise ValueError("notice without a user")
     if notice["kind"] == SUBSCRIPTIONS and not isinstance(notice.get("session"), str):
         raise ValueError("subscriptions notice without a session")
-    if notice["kind"] == TAKEOVER:
+    if notice["kind"] in (TAKEOVER, KICK):
         epoch = notice.get("epoch")
         if not isinstance(notice.get("session"), str):
-            raise ValueError("takeover notice without a session")
+            raise ValueError(f"{notice['kind']} notice without a session")
         if not isinstance(epoch, int) or isinstance(epoch, bool):
-            raise ValueError("takeover notice without an integer epoch")
+            raise ValueError(f"{notice['kind']} notice without an integer epoch")
     return notice
 
 

@@ -46,6 +46,8 @@ ERRORS: dict[str, bool] = {
 MAX_ID_LENGTH = 128
 USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.@:\-]{1,128}$")
 STREAM_ID_PATTERN = re.compile(r"^\d{1,20}-\d{1,20}$")
+_MAX_ID_PART = 2**64 - 1
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.@:/\-]{1,128}$")
 """Group and instrument names: 1-128 characters, ``/`` allowed for hierarchy."""
 
@@ -156,7 +158,7 @@ def parse_group_positions(text: str) -> dict[str, str]:
     :raises ValueError: if it is not such an object, or names too many groups.
     """
     try:
-        positions = json.loads(text)
+        positions = loads_strict(text)
     except ValueError:
         raise ValueError("'group_after' is not JSON") from None
     if not isinstance(positions, dict) or len(positions) > MAX_GROUP_POSITIONS:
@@ -172,8 +174,41 @@ def parse_group_positions(text: str) -> dict[str, str]:
 
 
 def is_valid_stream_id(value: str) -> bool:
-    """Say whether ``value`` looks like a Redis Stream id (``<ms>-<seq>``)."""
-    return bool(STREAM_ID_PATTERN.match(value))
+    """Say whether ``value`` is a Redis Stream id (``<ms>-<seq>``) Redis can read after.
+
+    Each part is a 64-bit unsigned number; the very last id is refused, since
+    nothing can come after it (an exclusive read from it is an error).
+    """
+    if not STREAM_ID_PATTERN.match(value):
+        return False
+    ms, seq = stream_id_key(value)
+    return ms <= _MAX_ID_PART and seq <= _MAX_ID_PART and ms + seq < 2 * _MAX_ID_PART
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def loads_strict(text: str) -> Any:
+    """Parse JSON as a browser's ``JSON.parse`` accepts it, and only that.
+
+    NaN and Infinity are refused (Python accepts them; no client could read
+    them back), so are lone surrogates in strings (they cannot be encoded
+    as UTF-8 to other clients) and nesting too deep to handle.
+
+    :raises ValueError: naming what is wrong.
+    """
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    if _ESCAPED_SURROGATE.search(text):
+        # Rare: only text with an escaped surrogate pays for this check.
+        try:
+            json.dumps(value, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise ValueError("JSON string with a lone surrogate") from None
+    return value
 
 
 def stream_id_key(value: str) -> tuple[int, int]:
@@ -190,9 +225,9 @@ def parse_client_frame(text: str, max_body_bytes: int) -> ClientFrame:
     :raises FrameError: with the error code to send back.
     """
     try:
-        frame = json.loads(text)
-    except ValueError:
-        raise FrameError("bad_json", "frame is not valid JSON") from None
+        frame = loads_strict(text)
+    except ValueError as e:
+        raise FrameError("bad_json", f"frame is not valid JSON: {e}") from None
     if not isinstance(frame, dict):
         raise FrameError("bad_frame", "frame must be a JSON object")
 

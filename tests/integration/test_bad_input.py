@@ -126,8 +126,9 @@ def test_bad_frames_get_errors_and_the_connection_keeps_working(
     cluster: Cluster,
 ) -> Any:
     """Malformed JSON, a non-object, an unknown type, a send without an id or with
-    a bad recipient, and a binary frame each get an error frame; the connection
-    stays open and a good send afterwards is acknowledged."""
+    a bad recipient, a binary frame, and JSON a browser could not parse back
+    (NaN, a lone surrogate, absurd nesting) each get an error frame; the
+    connection stays open and a good send afterwards is acknowledged."""
     (user, friend) = users("fuzz", "friend")
     peer = yield open_session(cluster, user)
     peer.send_text("{not json")
@@ -137,6 +138,9 @@ def test_bad_frames_get_errors_and_the_connection_keeps_working(
     peer.send_json({"type": "send", "id": "x1", "to": "bad user!", "body": 1})
     peer.send_json({"type": "ack", "upto": "yesterday"})
     peer.send_binary(b"\x00\x01")
+    peer.send_text('{"type": "send", "id": "n1", "to": "' + friend + '", "body": NaN}')
+    peer.send_text('{"type": "ping", "id": "\\ud800"}')
+    peer.send_text("[" * 50_000 + "]" * 50_000)
     peer.send_json({"type": "send", "id": "ok1", "to": friend, "body": {"fine": True}})
     yield wait_for(lambda: peer.of_type("ack"), 10, "ack of the good send")
 
@@ -149,8 +153,11 @@ def test_bad_frames_get_errors_and_the_connection_keeps_working(
         ("bad_recipient", "x1", False),
         ("bad_frame", None, False),
         ("binary_not_supported", None, False),
+        ("bad_json", None, False),
+        ("bad_json", None, False),
+        ("bad_json", None, False),
     ]
-    assert peer.of_type("ack")[0]["id"] == "ok1"
+    assert [a["id"] for a in peer.of_type("ack")] == ["ok1"]
     assert peer.close_code is None
     peer.protocol.sendClose(1000)
     yield within(peer.closed)
@@ -203,6 +210,9 @@ def test_control_send_rejects_bad_requests(cluster: Cluster) -> Any:
     assert status == 400 and reply["error"] == "bad_recipient"
     status, reply = yield http_json("POST", url, {"to": "someone"})
     assert status == 400 and reply["error"] == "bad_frame"
+    for body in (float("nan"), "\ud800", float("-inf")):
+        status, reply = yield http_json("POST", url, {"to": "someone", "body": body})
+        assert (status, reply["error"]) == (400, "bad_json")
     status, reply = yield http_json(
         "GET", f"{cluster.nodes[0].control_url}/v1/users/a%20b"
     )

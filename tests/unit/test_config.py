@@ -164,6 +164,22 @@ class ConfigFileShapeTests(SynchronousTestCase):
         self.assertIn("JSON object", str(raised.exception))
 
 
+@pytest.mark.parametrize("label", ["", "v2 beta", "canary=10", "x" * 65])
+def test_check_refuses_a_version_label_a_policy_cannot_name(label: str) -> None:
+    """A version label must be 1-64 characters without spaces or ``=``, so that
+    ``--canary LABEL=PERCENT`` can name it."""
+    with pytest.raises(ValueError, match="version-label"):
+        good(version_label=label).check()
+
+
+def test_version_label_defaults_to_the_package_version() -> None:
+    """Without a label a node registers the wsha version it runs."""
+    from wsha import __version__
+
+    assert NodeConfig().version_label == __version__
+    good(version_label="2.0.0-rc1+blue").check()
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -15,7 +15,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from tests.unit.fakes import GatewayHarness
 from wsha import control
 from wsha.drain import DrainTiming, NodeDrain
-from wsha.drain_control import DrainCommand, admin_resource
+from wsha.drain_control import DrainCommand
 
 TOKEN = "control-secret"
 
@@ -37,13 +37,14 @@ class DrainCommandTests(SynchronousTestCase):
             lambda: self.stops.append(self.harness.clock.seconds()),
         )
         self.drain.startService()
+        # Mounted as the node mounts it, beside the other admin commands.
+        admin = control.Guarded(TOKEN)
+        admin.putChild(b"drain", DrainCommand(self.drain, TOKEN))
         self.site = control.control_site(
             self.harness.gateway,
             lambda: succeed((True, {})),
             TOKEN,
-            commands={
-                b"admin": admin_resource({b"drain": DrainCommand(self.drain, TOKEN)})
-            },
+            commands={b"admin": admin},
         )
 
     def tearDown(self) -> None:

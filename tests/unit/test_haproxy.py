@@ -45,6 +45,7 @@ def test_servers_state_gives_each_slot_and_its_state() -> None:
     )
     assert [s.state for s in slots] == ["up", "drain", "maint", "free"]
     assert [s.free for s in slots] == [False, False, False, True]
+    assert [s.weight for s in slots] == [1, 1, 1, 1]
 
 
 def test_servers_state_rejects_another_format() -> None:

@@ -76,6 +76,23 @@ class RegistryServiceTests(SynchronousTestCase):
         self.assertEqual(record.heartbeat_at, 1_004_000)
         self.stop()
 
+    def test_registers_the_version_label_it_was_given(self) -> None:
+        """A node started with a version label registers it as its version."""
+        self.service = NodeRegistryService(
+            self.clock,
+            self.store,  # type: ignore[arg-type]
+            self.reaper,
+            "me",
+            lambda: ("ws://me/ws", "http://me", 0),
+            TIMING,
+            lambda: None,
+            version="green",
+        )
+        self.start()
+        record, _, _ = self.store.heartbeats[-1]
+        self.assertEqual(record.version, "green")
+        self.stop()
+
     def test_start_cleans_up_after_an_earlier_process_first(self) -> None:
         """Sessions an earlier process with this id left are marked offline before
         the registration, so none of them stays online at a node that lost them."""

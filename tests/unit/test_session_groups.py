@@ -213,3 +213,22 @@ class BackedUpOutputTests(SynchronousTestCase):
         self.assertEqual(read, ("room", "9-0", 256))
         pending.callback([make_entry("10-0")])
         self.assertEqual([m["id"] for m in link.of_type("group_message")], ["10-0"])
+
+
+class PresenceBoundTests(SynchronousTestCase):
+    """Presence answers fit in one WebSocket message however big the group."""
+
+    def test_long_lists_are_cut_and_say_so(self) -> None:
+        """Past the budget, members stop; count and complete tell the client."""
+        from wsha.groups import PresenceEntry
+        from wsha.session_groups import PRESENCE_FRAME_BUDGET, bounded_presence
+
+        many = [PresenceEntry("u" * 128, f"s{i}", "1", "gw-1") for i in range(2000)]
+        bounded = bounded_presence(many)
+        self.assertEqual(bounded["count"], 2000)
+        self.assertFalse(bounded["complete"])
+        self.assertLess(len(json.dumps(bounded["members"])), PRESENCE_FRAME_BUDGET)
+        few = bounded_presence(many[:3])
+        self.assertEqual(
+            (few["count"], few["complete"], len(few["members"])), (3, True, 3)
+        )

@@ -263,3 +263,43 @@ def test_group_positions_are_bounded() -> None:
     many = {f"g{i}": "1-0" for i in range(wire.MAX_GROUP_POSITIONS + 1)}
     with pytest.raises(ValueError):
         wire.parse_group_positions(json.dumps(many))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"type": "send", "id": "x", "to": "b", "body": NaN}',
+        '{"type": "publish", "id": "x", "group": "g", "body": {"v": -Infinity}}',
+        '{"type": "ping", "id": "\\ud800"}',
+        '{"type": "send", "id": "x", "to": "b", "body": "\\udfff"}',
+        "[" * 100_000 + "]" * 100_000,
+    ],
+)
+def test_what_a_browser_could_not_parse_is_bad_json(text: str) -> None:
+    """NaN, Infinity, lone surrogates and absurd nesting are refused as bad_json,
+    never stored for other clients to choke on."""
+    with pytest.raises(wire.FrameError) as raised:
+        wire.parse_client_frame(text, LIMIT)
+    assert raised.value.code == "bad_json"
+
+
+def test_paired_surrogates_are_fine() -> None:
+    """An escaped surrogate pair is an ordinary character (an emoji here)."""
+    frame = '{"type": "ping", "id": "\\ud83d\\ude00"}'
+    assert wire.parse_client_frame(frame, LIMIT) == wire.Ping("\U0001f600")
+
+
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [
+        ("18446744073709551615-5", True),
+        ("18446744073709551616-0", False),
+        ("99999999999999999999-1", False),
+        ("1-18446744073709551616", False),
+        ("18446744073709551615-18446744073709551615", False),
+    ],
+)
+def test_stream_ids_must_fit_redis(value: str, valid: bool) -> None:
+    """Ids Redis cannot read after are not ids: each part fits 64 bits, and the
+    very last id is refused."""
+    assert wire.is_valid_stream_id(value) is valid

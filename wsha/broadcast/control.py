@@ -7,7 +7,7 @@ from typing import Any, Protocol
 from twisted.internet.defer import Deferred
 from twisted.web.iweb import IRequest
 
-from wsha import wire
+from wsha import metrics, wire
 from wsha.broadcast.entry import Audience, parse_audience
 from wsha.control import (
     Guarded,
@@ -75,6 +75,7 @@ class BroadcastCommand(Guarded):
             return error_response(request, 400, "bad_audience", str(e))
 
         def stored(result: Any) -> tuple[int, dict[str, Any]]:
+            metrics.stored(metrics.BROADCAST, metrics.FROM_CONTROL, result.duplicate)
             return 200, {"id": result.id, "duplicate": result.duplicate}
 
         work = self._broadcaster.send(sender, client_id, body_json, audience)

@@ -17,8 +17,9 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from wsha import wire
+from wsha import metrics, wire
 from wsha.broadcast.entry import ALL, NODE, TAG, BroadcastEntry
+from wsha.delivery_latency import DeliveryLedger
 from wsha.services.redis_service import RedisUnavailable
 
 SendFrame = Callable[[bytes], None]
@@ -110,6 +111,8 @@ class SessionBroadcasts:
         self._again = False
         self._stopped = False
         self._retry: IDelayedCall | None = None
+        # Times what is sent up to the client's ack (set by the connection).
+        self.ledger: DeliveryLedger | None = None
 
     def welcome_fields(self) -> dict[str, Any]:
         """The fields this adds to the session's ``welcome`` frame."""
@@ -159,6 +162,7 @@ class SessionBroadcasts:
         self.last_sent = entry.id
         if self.reaches(entry):
             self._send(frame)
+            self._sent(entry, metrics.ROUTE_KAFKA)
 
     def acknowledge(self, upto: str) -> dict[str, Any] | None:
         """Record the client's broadcast ack; returns an error frame to send, if any.
@@ -224,6 +228,11 @@ class SessionBroadcasts:
                         entry.id, entry.sender, entry.body_json, entry.ts
                     )
                 )
+                self._sent(entry, metrics.ROUTE_HISTORY)
+
+    def _sent(self, entry: BroadcastEntry, route: str) -> None:
+        if self.ledger is not None:
+            self.ledger.written(metrics.BROADCAST, "", entry.id, entry.ts, route)
 
     def _retry_pull(self) -> None:
         self._retry = None

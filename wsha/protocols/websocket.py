@@ -17,7 +17,7 @@ from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from wsha import wire
+from wsha import connection_events, wire
 from wsha.admission import AdmissionGate
 from wsha.auth import AuthError, TokenVerifier
 from wsha.client_session import ClientSession
@@ -54,6 +54,7 @@ class GatewayServerProtocol(WebSocketServerProtocol):
 
     client: ClientSession | None = None
     _refusal: tuple[int, str] | None = None
+    opened_at: float | None = None
 
     def connectionMade(self) -> None:
         """Count the connection (a draining node waits until none is open)."""
@@ -132,15 +133,22 @@ class GatewayServerProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         """Refuse with the close code chosen in onConnect, or start the session."""
+        self.opened_at = connection_events.opened(self.factory.gateway.clock)
         if self._refusal is not None:
             code, reason = self._refusal
+            connection_events.refused(code)
             # A storm or an outage refuses many: those are logged once, elsewhere.
             emit = log.debug if code == wire.CLOSE_TRY_LATER else log.info
             emit("Refused {peer}: {reason}", peer=self.peer, reason=reason, code=code)
             self.close(code, reason)
             return
         assert self.client is not None
-        self.client.start()
+        self.client.start().addErrback(self._start_failed)
+
+    def _start_failed(self, reason: Any) -> None:
+        # A session that cannot start must not stay open, silent, and online.
+        log.failure("Session start failed on {peer}", reason, peer=self.peer)
+        self.close(wire.CLOSE_SERVER_ERROR, "session could not start")
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         """Pass a text frame to the session; binary frames get an error."""
@@ -153,6 +161,7 @@ class GatewayServerProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         """Release the session (fenced: a newer owner is never touched)."""
+        connection_events.closed(self, self.factory.gateway.clock)
         if self.client is not None:
             self.client.connection_lost()
 

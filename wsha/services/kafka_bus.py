@@ -29,6 +29,8 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from wsha.services import kafka_metrics
+from wsha.services.kafka_metrics import ConsumerLag
 from wsha.topics import node_topic
 
 NoticeHandler = Callable[[bytes], None]
@@ -137,6 +139,7 @@ class NodeBus(service.Service):
         self.on_health_change: HealthListener | None = None
         self.broadcast_topic = broadcast_topic
         self._on_broadcast = on_broadcast
+        self._lag = ConsumerLag(self.topic)
 
     @inlineCallbacks
     def startService(self) -> Any:
@@ -148,7 +151,11 @@ class NodeBus(service.Service):
         service.Service.startService(self)
         self._pool.start()
         self._running = True
-        self._producer = Producer(self._with_errors(producer_config(self._bootstrap)))
+        self._producer = Producer(
+            self._with_errors(
+                kafka_metrics.with_delivery_reports(producer_config(self._bootstrap))
+            )
+        )
         attached = self._attach_loop()
         self._loops = [attached, self._report_loop(), self._probe_loop()]
         try:
@@ -194,8 +201,10 @@ class NodeBus(service.Service):
 
     def _kafka_error(self, error: KafkaError) -> None:
         if error.code() in _OUTAGE_CODES:
+            kafka_metrics.count_error(kafka_metrics.OUTAGE)
             self._set_healthy(False, str(error))
         else:
+            kafka_metrics.count_error(kafka_metrics.CLIENT)
             self.log.warn("Kafka error: {error}", error=str(error))
 
     def _set_healthy(self, healthy: bool, why: str = "") -> None:
@@ -213,10 +222,17 @@ class NodeBus(service.Service):
 
     @inlineCallbacks
     def _probe_loop(self) -> Any:
-        # While unhealthy after attaching, ask the broker for metadata until it answers.
+        # While unhealthy after attaching, ask the broker for metadata until it
+        # answers; while healthy, measure the consumer's lag (for the metrics).
         while self._running:
             yield deferLater(self._reactor, self._probe_interval, lambda: None)
-            if self.healthy or self._consumer is None or not self._running:
+            if self._consumer is None or not self._running:
+                continue
+            if self.healthy:
+                try:
+                    yield self._in_thread(self._lag.thd_measure, self._consumer)
+                except Exception as e:
+                    self.log.debug("Kafka lag not measured: {error}", error=str(e))
                 continue
             try:
                 yield self._in_thread(self.thd_probe)
@@ -274,11 +290,13 @@ class NodeBus(service.Service):
         from the inbox, which holds the message itself.
         """
         if self._producer is None:
+            kafka_metrics.count_error(kafka_metrics.DROPPED)
             self.log.warn("Notice to {node} dropped: bus not started", node=node_id)
             return
         try:
             self._producer.produce(node_topic(node_id), notice, key=key)
         except BufferError:
+            kafka_metrics.count_error(kafka_metrics.DROPPED)
             self.log.warn("Notice to {node} dropped: producer queue full", node=node_id)
 
     def publish_broadcast(self, record: bytes) -> None:
@@ -288,12 +306,14 @@ class NodeBus(service.Service):
         broadcast history by every node's feed.
         """
         if self._producer is None or self.broadcast_topic is None:
+            kafka_metrics.count_error(kafka_metrics.DROPPED)
             self.log.warn("Broadcast record dropped: bus not started")
             return
         try:
             # One key: every record on one partition, in the order sent.
             self._producer.produce(self.broadcast_topic, record, key=b"broadcast")
         except BufferError:
+            kafka_metrics.count_error(kafka_metrics.DROPPED)
             self.log.warn("Broadcast record dropped: producer queue full")
 
     def _in_thread(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
@@ -360,6 +380,7 @@ class NodeBus(service.Service):
                 _, partition.offset = consumer.get_watermark_offsets(
                     partition, timeout=10
                 )
+            self._lag.thd_assigned(partitions)
             consumer.assign(partitions)
         except Exception:
             consumer.close()
@@ -386,6 +407,7 @@ class NodeBus(service.Service):
                 if value is not None:
                     payloads.append((message.topic() or "", value))
             elif error.code() != KafkaError._PARTITION_EOF:
+                kafka_metrics.count_error(kafka_metrics.CONSUMER)
                 self.log.warn("Kafka consumer error: {error}", error=str(error))
         if payloads:
             self._reactor.callFromThread(self._set_healthy, True)

@@ -54,6 +54,8 @@ class NodeRegistryService(service.Service):
     :param on_reaped: called when a heartbeat finds this node was declared dead
         (its registration expired and a survivor began cleaning up): its
         sessions are being marked offline, so it must close their connections.
+    :param version: the version label this node registers (default: the wsha
+        version); balancer policies select nodes by it.
 
     ``state`` is published with each heartbeat (``starting``, ``ready``,
     ``draining``); whoever changes it may call :meth:`beat` to publish at once.
@@ -70,8 +72,10 @@ class NodeRegistryService(service.Service):
         describe: Describe,
         timing: RegistryTiming,
         on_reaped: Callable[[], None],
+        version: str = __version__,
     ):
         self._clock = clock
+        self.version = version
         self.store = store
         self.reaper = reaper
         self.node_id = node_id
@@ -135,7 +139,7 @@ class NodeRegistryService(service.Service):
             id=self.node_id,
             url=url,
             control_url=control_url,
-            version=__version__,
+            version=self.version,
             state=self.state,
             connections=connections,
             started_at=self.started_at,

@@ -27,6 +27,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from wsha.services import redis_metrics
 from wsha.services.redis_link import LinkSettings, RedisTarget, redis_target
 from wsha.services.redis_url import RedisAddress, parse_redis_url
 
@@ -142,7 +143,10 @@ class RedisService(service.Service):
         self, script: str, keys: Sequence[str] = (), args: Sequence[Any] = ()
     ) -> Deferred[Any]:
         """Run a Lua script (cached by its hash); see :meth:`execute_command`."""
-        return self._call(lambda c: c.eval(script, list(keys), list(args)))
+        return self._call(
+            lambda c: c.eval(script, list(keys), list(args)),
+            redis_metrics.script_name(script),
+        )
 
     def execute_command(self, *args: Any, **kwargs: Any) -> Deferred[Any]:
         """Run a command; fires with its reply, or fails with RedisUnavailable.
@@ -150,17 +154,24 @@ class RedisService(service.Service):
         It fails at once while Redis is unavailable, and after ``timeout``
         seconds without a reply. A command that timed out may still have run.
         """
-        return self._call(lambda c: c.execute_command(*args, **kwargs))
+        return self._call(
+            lambda c: c.execute_command(*args, **kwargs),
+            redis_metrics.command_name(args),
+        )
 
     def is_healthy(self) -> Deferred[bool]:
         """Fire with ``available`` (kept current; asks nothing of Redis)."""
         return succeed(self.available)
 
-    def _call(self, command: Callable[[Any], Deferred[Any]]) -> Deferred[Any]:
+    def _call(
+        self, command: Callable[[Any], Deferred[Any]], name: str
+    ) -> Deferred[Any]:
         if not self.available or self.connection is None:
+            redis_metrics.refused(name)
             return fail(RedisUnavailable(f"Redis at {self.target.describe()} is down"))
         d = maybeDeferred(command, self.connection)
         d.addTimeout(self.timeout, self._clock)
+        redis_metrics.measure(d, name, self._clock, UNAVAILABLE_REPLIES)
         d.addErrback(self._classify)
         return d
 
