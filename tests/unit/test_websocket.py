@@ -5,14 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from tests.unit.fakes import GatewayHarness
 from wsha import wire
 from wsha.admission import AdmissionGate
 from wsha.auth import TokenVerifier, mint_token
-from wsha.protocols.websocket import GatewayServerProtocol, bearer_token
+from wsha.protocols.websocket import (
+    GatewayServerFactory,
+    GatewayServerProtocol,
+    bearer_token,
+)
 
 SECRET = "websocket-unit-secret-" + "x" * 32
 
@@ -212,3 +220,31 @@ class OnConnectTests(SynchronousTestCase):
         self.protocol.onClose(True, 1000, None)
         assert self.protocol.client is not None
         self.assertTrue(self.protocol.client.closed)
+
+
+@implementer(ITCPTransport)
+class NoDelayTransport(StringTransport):
+    """A TCP transport stand-in that remembers the TCP_NODELAY setting."""
+
+    no_delay: bool | None = None
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        """Record the setting."""
+        self.no_delay = enabled
+
+
+class SocketOptionTests(SynchronousTestCase):
+    """How a new connection's socket is set up."""
+
+    def test_nagle_is_turned_off(self) -> None:
+        """A new connection's socket gets TCP_NODELAY, so a small frame (an ack,
+        a group message) leaves at once instead of waiting behind the
+        client's delayed ACK of the frame before it."""
+        factory = GatewayServerFactory(GatewayHarness().gateway, TokenVerifier(SECRET))
+        factory.setProtocolOptions(openHandshakeTimeout=0)
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+        transport = NoDelayTransport()
+
+        protocol.makeConnection(transport)
+
+        self.assertIs(transport.no_delay, True)

@@ -12,6 +12,7 @@ from typing import Any
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.util import encode_truncate
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.interfaces import ITCPTransport
 from twisted.logger import Logger
 
 from wsha import wire
@@ -51,6 +52,19 @@ class GatewayServerProtocol(WebSocketServerProtocol):
 
     client: ClientSession | None = None
     _refusal: tuple[int, str] | None = None
+
+    def connectionMade(self) -> None:
+        """Start the handshake with Nagle's algorithm off (TCP_NODELAY).
+
+        Autobahn sets TCP_NODELAY before it copies ``tcpNoDelay`` from the
+        factory, so its attempt fails quietly and Nagle stays on: a frame
+        written while an earlier one is unacknowledged then waits for the
+        client's delayed ACK (up to 40 ms on Linux).
+        """
+        super().connectionMade()
+        transport = self.transport
+        if ITCPTransport.providedBy(transport):
+            transport.setTcpNoDelay(self.factory.tcpNoDelay)
 
     def onConnect(self, request: ConnectionRequest) -> None:
         """Check the path and the request; authentication failures close after open.
