@@ -248,3 +248,21 @@ class SocketOptionTests(SynchronousTestCase):
         protocol.makeConnection(transport)
 
         self.assertIs(transport.no_delay, True)
+
+
+class SendFrameTests(SynchronousTestCase):
+    """Frames the session writes to its connection."""
+
+    def test_frames_after_the_close_began_are_dropped(self) -> None:
+        """Between the start of a close (a takeover's 4001, a drain's 1012, a
+        ping timeout's drop) and onClose, a frame for the client is dropped
+        instead of raising into the caller, which may be the group fan-out
+        looping over every local member."""
+        protocol = GatewayServerProtocol()
+        transport = StringTransport()
+        protocol.transport = transport
+        for state in (protocol.STATE_CLOSING, protocol.STATE_CLOSED):
+            protocol.state = state
+            protocol.send_frame(b'{"type":"group_message"}')
+
+        self.assertEqual(transport.value(), b"")

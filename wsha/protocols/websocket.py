@@ -135,8 +135,15 @@ class GatewayServerProtocol(WebSocketServerProtocol):
             self.client.connection_lost()
 
     def send_frame(self, payload: bytes) -> None:
-        """Send one text frame (the :class:`~wsha.client_session.Link` side)."""
-        self.sendMessage(payload, isBinary=False)
+        """Send one text frame (the :class:`~wsha.client_session.Link` side).
+
+        Once the closing handshake has begun or the connection was dropped,
+        the frame is discarded: Autobahn would raise, and the session only
+        learns it is closed in ``onClose``. Nothing is lost by that; what was
+        not delivered stays in the inbox or history the client resumes from.
+        """
+        if self.state == self.STATE_OPEN:
+            self.sendMessage(payload, isBinary=False)
 
     def close(self, code: int, reason: str) -> None:
         """Start the closing handshake with ``code``.
