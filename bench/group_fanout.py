@@ -96,6 +96,7 @@ def print_report(args: Any, r: dict[str, Any]) -> None:
         "completion ms": "  ".join(f"{k} {v}" for k, v in r["completion_ms"].items()),
         "ack ms": f"p50 {r['ack_ms']['p50']}  p99 {r['ack_ms']['p99']}",
         "checks": "  ".join(f"{k} {r[k]}" for k in CHECKS),
+        "lost while open": f"{r['lost_connected']} (to members never disconnected)",
         "cpu % of a core": "  ".join(f"{k} {v}" for k, v in r["cpu_pct"].items()),
     }
     print(

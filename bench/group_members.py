@@ -61,6 +61,7 @@ class Member:
     duplicated: int = 0
     reordered: int = 0
     closing: bool = False
+    dropped: bool = False
 
     def expect(self, kind: str) -> defer.Deferred[dict[str, Any]]:
         """Fire with the next frame of type ``kind`` this member receives."""
@@ -333,6 +334,7 @@ class GroupFanoutBench:
     def on_close(self, member: Member, code: int | None, reason: str | None) -> None:
         """A member's connection closed; unexpected unless the run is ending."""
         if not member.closing:
+            member.dropped = True
             self.disconnects += 1
             log.warn(
                 "Member {user} disconnected: {code} {reason}",
@@ -381,6 +383,8 @@ class GroupFanoutBench:
         elapsed = max(self.last_delivered - self.started, 1e-9)
         cpu_end = self._cpu_end or self._cpu_now()
         history = self.history
+        sent = len(self.sent_at)
+        connected = [m for m in self.members if not m.dropped]
         return {
             "delivered": self.delivered,
             "elapsed_s": round(elapsed, 3),
@@ -391,6 +395,7 @@ class GroupFanoutBench:
             "completion_ms": summary(self.completions),
             "ack_ms": summary(self.ack_latencies),
             "lost": sum(self.remaining),
+            "lost_connected": sum(sent - m.seen.count(1, 0, sent) for m in connected),
             "unsent": sum(p.quota - p.next_seq for p in self.publishers),
             "duplicated": sum(m.duplicated for m in self.members),
             "out_of_order": sum(m.reordered for m in self.members),
