@@ -66,6 +66,8 @@ CHECKS = (
     "duplicated",
     "out_of_order",
     "mismatched",
+    "refused",
+    "unanswered",
     "errors",
     "disconnects",
 )
@@ -234,19 +236,24 @@ def stop_all(nodes: list[LocalNode], timeout: float) -> None:
 
 
 def code_version() -> str:
-    """The checkout's ``git describe --always --dirty``, or '' outside git."""
-    try:
-        described = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
-            check=False,
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
+    """The commit measured, with ``-dirty`` if code differs from it; '' outside git.
+
+    The results file is left out: appending to it changes nothing measured.
+    """
+    here = Path(__file__).parent
+
+    def git(*argv: str) -> str:
+        done = subprocess.run(
+            ["git", *argv], check=False, cwd=here, capture_output=True, text=True
         )
-    except (OSError, subprocess.SubprocessError):
+        return done.stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        changed = git("status", "--porcelain", "--", "..", ":!results.jsonl")
+    except OSError:
         return ""
-    return described.stdout.strip()
+    return commit + ("-dirty" if changed else "")
 
 
 if __name__ == "__main__":

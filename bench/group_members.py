@@ -39,6 +39,9 @@ LEAVE_TIMEOUT = 5.0
 WALL = "wall"
 """The key of a CPU reading that holds when it was taken."""
 
+WARNINGS = 5
+"""Errors and disconnects logged one by one; the rest are only counted."""
+
 log = Logger()
 
 
@@ -172,6 +175,7 @@ class GroupFanoutBench:
         self.remaining: list[int] = []
         self.history: list[str | None] = []
         self.acked: dict[int, str] = {}
+        self.refused: set[int] = set()
         self.mismatched = self.errors = self.disconnects = 0
         self._reset_phase()
         self._rate = 0.0
@@ -187,7 +191,9 @@ class GroupFanoutBench:
         self.completions: list[float] = []
         self.ack_latencies: list[float] = []
         self.first = len(self.sent_at)
-        self.sent = self.delivered = self.completed = self.expected = 0
+        self.sent = self.delivered = self.completed = 0
+        # Messages this phase publishes, and those it waits for (not refused).
+        self.to_send = self.expected = 0
         now = time.perf_counter()
         self.started = self.last_sent = self.last_delivered = now
 
@@ -226,7 +232,7 @@ class GroupFanoutBench:
         """
         self._reset_phase()
         self._rate = rate
-        self.expected = count * len(self.publishers)
+        self.to_send = self.expected = count * len(self.publishers)
         self._cpu_start, self._cpu_end = self._cpu_now(), None
         self._done = defer.Deferred()
         for publisher in self.publishers:
@@ -245,10 +251,10 @@ class GroupFanoutBench:
         return self._done
 
     def _paced(self, rate: float) -> None:
-        due = min(self.expected, int((time.perf_counter() - self.started) * rate))
+        due = min(self.to_send, int((time.perf_counter() - self.started) * rate))
         while self.sent < due:
             self._publish(self.publishers[self.sent % len(self.publishers)])
-        if self.sent >= self.expected and self._pacer is not None:
+        if self.sent >= self.to_send and self._pacer is not None:
             self._pacer.stop()
             self._pacer = None
 
@@ -279,13 +285,25 @@ class GroupFanoutBench:
             if index >= self.first:
                 self.ack_latencies.append(time.perf_counter() - self.sent_at[index])
         elif kind == "error":
-            self.errors += 1
-            log.warn(
-                "Member {user} got an error: {frame}", user=member.user, frame=frame
-            )
+            self._error(member, frame)
         waiting = member.waiting.pop(str(kind), None)
         if waiting is not None and not waiting.called:
             waiting.callback(frame)
+
+    def _error(self, member: Member, frame: dict[str, Any]) -> None:
+        frame_id = str(frame.get("id", ""))
+        if frame_id.startswith("m") and frame_id[1:].isdigit():
+            # A publish the gateway refused (not stored): it is not expected
+            # anywhere, and a phase does not wait for it.
+            index = int(frame_id[1:])
+            self.refused.add(index)
+            if index >= self.first:
+                self.expected -= 1
+                self._complete(index, time.perf_counter(), refused=True)
+        else:
+            self.errors += 1
+        if len(self.refused) + self.errors <= WARNINGS:
+            log.warn("Member {user} got {frame}", user=member.user, frame=frame)
 
     def _received(self, member: Member, frame: dict[str, Any]) -> None:
         now = time.perf_counter()
@@ -316,11 +334,12 @@ class GroupFanoutBench:
         if left == 0:
             self._complete(index, now)
 
-    def _complete(self, index: int, now: float) -> None:
+    def _complete(self, index: int, now: float, refused: bool = False) -> None:
         if index < self.first:
             return
-        self.completions.append(now - self.sent_at[index])
-        self.completed += 1
+        if not refused:
+            self.completions.append(now - self.sent_at[index])
+            self.completed += 1
         publisher = self.publishers[self.publisher_of[index]]
         if (
             self._rate <= 0
@@ -328,7 +347,7 @@ class GroupFanoutBench:
             and publisher.next_seq < publisher.quota
         ):
             self._publish(publisher)
-        if self.completed >= self.expected:
+        if self.completed >= self.expected and self.sent >= self.to_send:
             self._end_phase(None)
 
     def on_close(self, member: Member, code: int | None, reason: str | None) -> None:
@@ -336,6 +355,7 @@ class GroupFanoutBench:
         if not member.closing:
             member.dropped = True
             self.disconnects += 1
+        if self.disconnects <= WARNINGS and not member.closing:
             log.warn(
                 "Member {user} disconnected: {code} {reason}",
                 user=member.user,
@@ -352,7 +372,7 @@ class GroupFanoutBench:
 
     def _check_stall(self) -> None:
         quiet = time.perf_counter() - max(self.last_delivered, self.last_sent)
-        if self.sent >= self.expected and quiet > STALL:
+        if self.sent >= self.to_send and quiet > STALL:
             self._end_phase(RuntimeError(f"no delivery for {STALL:g} s"))
 
     def _end_phase(self, error: Exception | None) -> None:
@@ -384,6 +404,7 @@ class GroupFanoutBench:
         cpu_end = self._cpu_end or self._cpu_now()
         history = self.history
         sent = len(self.sent_at)
+        stored = sent - len(self.refused)
         connected = [m for m in self.members if not m.dropped]
         return {
             "delivered": self.delivered,
@@ -394,14 +415,18 @@ class GroupFanoutBench:
             "latency_ms": summary(self.latencies),
             "completion_ms": summary(self.completions),
             "ack_ms": summary(self.ack_latencies),
-            "lost": sum(self.remaining),
-            "lost_connected": sum(sent - m.seen.count(1, 0, sent) for m in connected),
+            "lost": sum(
+                n for i, n in enumerate(self.remaining) if i not in self.refused
+            ),
+            "lost_connected": sum(stored - m.seen.count(1, 0, sent) for m in connected),
             "unsent": sum(p.quota - p.next_seq for p in self.publishers),
             "duplicated": sum(m.duplicated for m in self.members),
             "out_of_order": sum(m.reordered for m in self.members),
             "mismatched": self.mismatched
             + sum(1 for i, h in self.acked.items() if history[i] not in (None, h)),
-            "errors": self.errors + len(self.sent_at) - len(self.acked),
+            "refused": len(self.refused),
+            "unanswered": stored - len(self.acked),
+            "errors": self.errors,
             "disconnects": self.disconnects,
             "cpu_pct": cpu_shares(self._cpu_start, cpu_end) if self._cpu_start else {},
         }
