@@ -238,7 +238,7 @@ def stop_all(nodes: list[LocalNode], timeout: float) -> None:
 def code_version() -> str:
     """The commit measured, with ``-dirty`` if code differs from it; '' outside git.
 
-    The results file is left out: appending to it changes nothing measured.
+    Only Python files count: results and notes change nothing measured.
     """
     here = Path(__file__).parent
 
@@ -250,7 +250,7 @@ def code_version() -> str:
 
     try:
         commit = git("rev-parse", "--short", "HEAD")
-        changed = git("status", "--porcelain", "--", "..", ":!results.jsonl")
+        changed = git("status", "--porcelain", "--", ":/*.py")
     except OSError:
         return ""
     return commit + ("-dirty" if changed else "")
