@@ -60,6 +60,14 @@ class ClientStats:
 class _ClientProtocol(WebSocketClientProtocol):
     owner: GatewayClient | None = None
 
+    def connectionMade(self) -> None:
+        # Autobahn sets TCP_NODELAY before it reads the factory's option, so
+        # Nagle stays on and a send waits behind the gateway's delayed ACK.
+        super().connectionMade()
+        transport = self.transport
+        if ITCPTransport.providedBy(transport):
+            transport.setTcpNoDelay(True)
+
     def onOpen(self) -> None:
         self.owner = self.factory.owner
         self.owner._opened(self)

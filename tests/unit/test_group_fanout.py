@@ -170,3 +170,26 @@ class GroupFanoutTests(SynchronousTestCase):
         self.fanout.repair("room")
         self.link.answer()
         self.assertEqual(self.fanout.groups_without_members(), [])
+
+
+class BrokenMemberTests(SynchronousTestCase):
+    """A member that fails does not cost the others a message."""
+
+    def test_other_members_still_get_the_message(self) -> None:
+        """A member raising while it is offered a message is logged; the
+        members after it still get that message."""
+
+        class Broken(Member):
+            def offer(self, entry: InboxEntry, previous: str) -> None:
+                raise RuntimeError("link gone")
+
+        fanout = GroupFanout(None, LinkSettings())  # type: ignore[arg-type]
+        link = FakeSubscriber()
+        fanout.link_up(link)
+        broken, healthy = Broken(), Member()
+        fanout.attach("room", broken)
+        fanout.attach("room", healthy)
+        link.answer()
+        fanout.on_channel_message(keys.group_channel("room"), message("5-0", "4-0"))
+        self.assertEqual(healthy.offered, [("5-0", "4-0")])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)

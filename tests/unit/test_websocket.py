@@ -6,11 +6,14 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from tests.unit.fakes import GatewayHarness
 from wsha import wire
@@ -241,19 +244,50 @@ class OnConnectTests(SynchronousTestCase):
         self.assertIsNone(self.protocol.client)
 
 
+@implementer(ITCPTransport)
+class NoDelayTransport(StringTransport):
+    """A TCP transport stand-in that remembers the TCP_NODELAY setting."""
+
+    no_delay: bool | None = None
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        """Record the setting."""
+        self.no_delay = enabled
+
+
+class SocketOptionTests(SynchronousTestCase):
+    """How a new connection's socket is set up."""
+
+    def test_nagle_is_turned_off(self) -> None:
+        """A new connection's socket gets TCP_NODELAY, so a small frame (an ack,
+        a group message) leaves at once instead of waiting behind the
+        client's delayed ACK of the frame before it."""
+        factory = GatewayServerFactory(GatewayHarness().gateway, TokenVerifier(SECRET))
+        factory.setProtocolOptions(openHandshakeTimeout=0)
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+        transport = NoDelayTransport()
+
+        protocol.makeConnection(transport)
+
+        self.assertIs(transport.no_delay, True)
+
+
 class SendFrameTests(SynchronousTestCase):
-    """Frames for a connection that is already closing are dropped."""
+    """Frames the session writes to its connection."""
 
     def test_frames_after_the_close_began_are_dropped(self) -> None:
-        """Autobahn refuses to send once closing; send_frame drops instead."""
+        """Between the start of a close (a takeover's 4001, a drain's 1012, a
+        ping timeout's drop) and onClose, a frame for the client is dropped
+        instead of raising into the caller, which may be the group fan-out
+        looping over every local member."""
         protocol = GatewayServerProtocol()
-        sent: list[bytes] = []
-        protocol.sendMessage = lambda payload, isBinary: sent.append(payload)
-        protocol.state = GatewayServerProtocol.STATE_OPEN
-        protocol.send_frame(b"{}")
-        protocol.state = GatewayServerProtocol.STATE_CLOSING
-        protocol.send_frame(b"{}")
-        self.assertEqual(sent, [b"{}"])
+        transport = StringTransport()
+        protocol.transport = transport
+        for state in (protocol.STATE_CLOSING, protocol.STATE_CLOSED):
+            protocol.state = state
+            protocol.send_frame(b'{"type":"group_message"}')
+
+        self.assertEqual(transport.value(), b"")
 
 
 class ConnectionCountTests(SynchronousTestCase):

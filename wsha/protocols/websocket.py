@@ -12,7 +12,7 @@ from typing import Any
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.util import encode_truncate
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, ITCPTransport
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -57,9 +57,19 @@ class GatewayServerProtocol(WebSocketServerProtocol):
     opened_at: float | None = None
 
     def connectionMade(self) -> None:
-        """Count the connection (a draining node waits until none is open)."""
+        """Start the handshake with Nagle's algorithm off (TCP_NODELAY), and
+        count the connection (a draining node waits until none is open).
+
+        Autobahn sets TCP_NODELAY before it copies ``tcpNoDelay`` from the
+        factory, so its attempt fails quietly and Nagle stays on: a frame
+        written while an earlier one is unacknowledged then waits for the
+        client's delayed ACK (up to 40 ms on Linux).
+        """
         self.factory.connections += 1
         super().connectionMade()
+        transport = self.transport
+        if ITCPTransport.providedBy(transport):
+            transport.setTcpNoDelay(self.factory.tcpNoDelay)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Stop counting the connection."""
@@ -168,12 +178,13 @@ class GatewayServerProtocol(WebSocketServerProtocol):
     def send_frame(self, payload: bytes) -> None:
         """Send one text frame (the :class:`~wsha.client_session.Link` side).
 
-        A connection already closing drops it: Autobahn refuses to send then,
-        and the client resumes after what it last received.
+        Once the closing handshake has begun or the connection was dropped,
+        the frame is discarded: Autobahn would raise, and the session only
+        learns it is closed in ``onClose``. Nothing is lost by that; what was
+        not delivered stays in the inbox or history the client resumes from.
         """
-        if self.state != WebSocketServerProtocol.STATE_OPEN:
-            return
-        self.sendMessage(payload, isBinary=False)
+        if self.state == self.STATE_OPEN:
+            self.sendMessage(payload, isBinary=False)
 
     def register_producer(self, producer: IPushProducer) -> None:
         """Register ``producer`` to be paused while the transport's buffer is full."""

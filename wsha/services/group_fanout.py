@@ -160,7 +160,12 @@ class GroupFanout(service.Service):
                 self.log.warn("Ignoring {channel}: {error}", channel=channel, error=e)
                 return
             for member in list(members):
-                member.offer(entry, previous)
+                try:
+                    member.offer(entry, previous)
+                except Exception:
+                    # One member's broken link must not cost the others
+                    # this message, nor stop the link's message handling.
+                    self.log.failure("Group {group} delivery failed", group=group)
         elif kind in ("join", "leave"):
             user, session = str(payload.get("u", "")), str(payload.get("s", ""))
             for member in list(members):
