@@ -6,6 +6,7 @@ import hmac
 import json
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -68,6 +69,61 @@ def command_id(command: dict[str, Any]) -> str | None:
     ):
         return None
     return client_id
+
+
+@dataclass(frozen=True)
+class MessageFields:
+    """What a command that stores a message names: sender, idempotency id, body."""
+
+    sender: str
+    client_id: str
+    body_json: str
+
+
+def message_fields(
+    request: IRequest, command: dict[str, Any], max_body_bytes: int
+) -> MessageFields | bytes:
+    """Check ``from``, ``id`` and ``body`` as every message command does.
+
+    Returns the fields, or the error response to return instead: ``from``
+    must be a user id (default ``server``), ``id`` as :func:`command_id`,
+    ``body`` present and at most ``max_body_bytes`` as compact JSON.
+    """
+    sender = command.get("from", "server")
+    client_id = command_id(command)
+    if not isinstance(sender, str) or not wire.is_valid_user_id(sender):
+        return error_response(
+            request, 400, "bad_frame", "'from' must be a valid user id"
+        )
+    if client_id is None:
+        return error_response(
+            request, 400, "bad_frame", "'id' must be a string of 1-128 chars"
+        )
+    if "body" not in command:
+        return error_response(request, 400, "bad_frame", "'body' is required")
+    body_json = wire.encode_body(command["body"])
+    if len(body_json.encode()) > max_body_bytes:
+        return error_response(request, 413, "body_too_big", "body over the size limit")
+    return MessageFields(sender, client_id, body_json)
+
+
+def user_and_session(
+    request: IRequest, command: dict[str, Any]
+) -> tuple[str, str | None] | bytes:
+    """The command's ``user`` and optional ``session``, or the error to return."""
+    user = command.get("user")
+    session = command.get("session")
+    if not isinstance(user, str) or not wire.is_valid_user_id(user):
+        return error_response(
+            request, 400, "bad_recipient", "'user' must be a valid user id"
+        )
+    if session is not None and (
+        not isinstance(session, str) or not wire.is_valid_user_id(session)
+    ):
+        return error_response(
+            request, 400, "bad_frame", "'session' must be a valid session id"
+        )
+    return user, session
 
 
 def respond_later(request: IRequest, work: Deferred[tuple[int, dict[str, Any]]]) -> Any:
@@ -176,37 +232,25 @@ class SendCommand(Guarded):
             return command
 
         to = command.get("to")
-        sender = command.get("from", "server")
-        client_id = command_id(command)
         if not isinstance(to, str) or not wire.is_valid_user_id(to):
             return error_response(
                 request, 400, "bad_recipient", "'to' must be a valid user id"
             )
-        if not isinstance(sender, str) or not wire.is_valid_user_id(sender):
-            return error_response(
-                request, 400, "bad_frame", "'from' must be a valid user id"
-            )
-        if client_id is None:
-            return error_response(
-                request, 400, "bad_frame", "'id' must be a string of 1-128 chars"
-            )
-        if "body" not in command:
-            return error_response(request, 400, "bad_frame", "'body' is required")
-        body_json = wire.encode_body(command["body"])
-        if len(body_json.encode()) > self._gateway.max_body_bytes:
-            return error_response(
-                request, 413, "body_too_big", "body over the size limit"
-            )
+        fields = message_fields(request, command, self._gateway.max_body_bytes)
+        if isinstance(fields, bytes):
+            return fields
 
         def stored(result: Any) -> tuple[int, dict[str, Any]]:
             metrics.stored(metrics.DIRECT, metrics.FROM_CONTROL, result.duplicate)
             return 200, {
-                "id": client_id,
+                "id": fields.client_id,
                 "inbox": result.id,
                 "duplicate": result.duplicate,
             }
 
-        work = self._gateway.submit(sender, to, client_id, body_json)
+        work = self._gateway.submit(
+            fields.sender, to, fields.client_id, fields.body_json
+        )
         return respond_later(request, work.addCallback(stored))
 
 

@@ -15,12 +15,13 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.web import resource
 from twisted.web.iweb import IRequest
 
-from wsha import topics, wire
+from wsha import topics
 from wsha.control import (
     Guarded,
     error_response,
     read_command,
     respond_later,
+    user_and_session,
     write_json,
 )
 from wsha.gateway import Gateway
@@ -104,19 +105,10 @@ class KickCommand(Guarded):
         command = read_command(request)
         if isinstance(command, bytes):
             return command
-        user = command.get("user")
-        session = command.get("session")
-        if not isinstance(user, str) or not wire.is_valid_user_id(user):
-            return error_response(
-                request, 400, "bad_recipient", "'user' must be a valid user id"
-            )
-        if session is not None and (
-            not isinstance(session, str) or not wire.is_valid_user_id(session)
-        ):
-            return error_response(
-                request, 400, "bad_frame", "'session' must be a valid session id"
-            )
-        return respond_later(request, self._kick(user, session))
+        target = user_and_session(request, command)
+        if isinstance(target, bytes):
+            return target
+        return respond_later(request, self._kick(*target))
 
     @inlineCallbacks
     def _kick(self, user: str, session: str | None) -> Any:

@@ -16,10 +16,11 @@ from twisted.web.iweb import IRequest
 from wsha import metrics, wire
 from wsha.control import (
     Guarded,
-    command_id,
     error_response,
+    message_fields,
     read_command,
     respond_later,
+    user_and_session,
 )
 from wsha.gateway import Gateway
 from wsha.session_groups import GroupHub, presence_list
@@ -99,30 +100,18 @@ class _GroupResource(Guarded):
         }
 
     def _publish(self, request: IRequest, command: dict[str, Any]) -> Any:
-        sender = command.get("from", "server")
-        client_id = command_id(command)
-        if not isinstance(sender, str) or not wire.is_valid_user_id(sender):
-            return error_response(
-                request, 400, "bad_frame", "'from' must be a valid user id"
-            )
-        if client_id is None:
-            return error_response(
-                request, 400, "bad_frame", "'id' must be a string of 1-128 chars"
-            )
-        if "body" not in command:
-            return error_response(request, 400, "bad_frame", "'body' is required")
-        body_json = wire.encode_body(command["body"])
-        if len(body_json.encode()) > self._gateway.max_body_bytes:
-            return error_response(
-                request, 413, "body_too_big", "body over the size limit"
-            )
+        fields = message_fields(request, command, self._gateway.max_body_bytes)
+        if isinstance(fields, bytes):
+            return fields
         ts = int(self._gateway.clock.seconds() * 1000)
-        work = self._hub.store.publish(self._group, sender, client_id, body_json, ts)
+        work = self._hub.store.publish(
+            self._group, fields.sender, fields.client_id, fields.body_json, ts
+        )
 
         def stored(result: Any) -> tuple[int, dict[str, Any]]:
             metrics.stored(metrics.GROUP, metrics.FROM_CONTROL, result.duplicate)
             return 200, {
-                "id": client_id,
+                "id": fields.client_id,
                 "group": self._group,
                 "history": result.id,
                 "duplicate": result.duplicate,
@@ -131,7 +120,7 @@ class _GroupResource(Guarded):
         return respond_later(request, work.addCallback(stored))
 
     def _subscribe(self, request: IRequest, command: dict[str, Any]) -> Any:
-        target = _target(request, command)
+        target = user_and_session(request, command)
         if isinstance(target, bytes):
             return target
         presence = command.get("presence", False)
@@ -142,7 +131,7 @@ class _GroupResource(Guarded):
         return respond_later(request, self._change(*target, presence=presence))
 
     def _unsubscribe(self, request: IRequest, command: dict[str, Any]) -> Any:
-        target = _target(request, command)
+        target = user_and_session(request, command)
         if isinstance(target, bytes):
             return target
         return respond_later(request, self._change(*target, presence=None))
@@ -186,19 +175,3 @@ class _GroupResource(Guarded):
             "subscribed": presence is not None,
             "sessions": [s.session for s in sessions],
         }
-
-
-def _target(request: IRequest, command: dict[str, Any]) -> tuple[str, Any] | bytes:
-    user = command.get("user")
-    session = command.get("session")
-    if not isinstance(user, str) or not wire.is_valid_user_id(user):
-        return error_response(
-            request, 400, "bad_recipient", "'user' must be a valid user id"
-        )
-    if session is not None and (
-        not isinstance(session, str) or not wire.is_valid_user_id(session)
-    ):
-        return error_response(
-            request, 400, "bad_frame", "'session' must be a valid session id"
-        )
-    return user, session

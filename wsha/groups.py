@@ -186,10 +186,12 @@ class GroupStore:
                 event("join", user, session, node),
             ],
         )
-        # Listed for the consistency checker; a lost one only delays its check.
-        self._redis.execute_command("SADD", keys.known_groups(), group).addErrback(
-            self._unlisted, group
-        )
+        if int(reply[3]):
+            # A new member: list the group for the consistency checker (a
+            # rejoin on every reconnect need not). A lost one delays its check.
+            self._redis.execute_command("SADD", keys.known_groups(), group).addErrback(
+                self._unlisted, group
+            )
         return Joined(str(reply[0]), str(reply[1]), bool(int(reply[2])))
 
     def _unlisted(self, reason: Any, group: str) -> None:

@@ -7,12 +7,12 @@ from typing import Any, Protocol
 from twisted.internet.defer import Deferred
 from twisted.web.iweb import IRequest
 
-from wsha import metrics, wire
+from wsha import metrics
 from wsha.broadcast.entry import Audience, parse_audience
 from wsha.control import (
     Guarded,
-    command_id,
     error_response,
+    message_fields,
     read_command,
     respond_later,
 )
@@ -48,23 +48,9 @@ class BroadcastCommand(Guarded):
         if isinstance(command, bytes):
             return command
 
-        sender = command.get("from", "server")
-        client_id = command_id(command)
-        if not isinstance(sender, str) or not wire.is_valid_user_id(sender):
-            return error_response(
-                request, 400, "bad_frame", "'from' must be a valid user id"
-            )
-        if client_id is None:
-            return error_response(
-                request, 400, "bad_frame", "'id' must be a string of 1-128 chars"
-            )
-        if "body" not in command:
-            return error_response(request, 400, "bad_frame", "'body' is required")
-        body_json = wire.encode_body(command["body"])
-        if len(body_json.encode()) > self._max_body_bytes:
-            return error_response(
-                request, 413, "body_too_big", "body over the size limit"
-            )
+        fields = message_fields(request, command, self._max_body_bytes)
+        if isinstance(fields, bytes):
+            return fields
         if "audience" not in command:
             return error_response(
                 request, 400, "bad_audience", "'audience' is required"
@@ -78,5 +64,7 @@ class BroadcastCommand(Guarded):
             metrics.stored(metrics.BROADCAST, metrics.FROM_CONTROL, result.duplicate)
             return 200, {"id": result.id, "duplicate": result.duplicate}
 
-        work = self._broadcaster.send(sender, client_id, body_json, audience)
+        work = self._broadcaster.send(
+            fields.sender, fields.client_id, fields.body_json, audience
+        )
         return respond_later(request, work.addCallback(stored))

@@ -4,8 +4,9 @@
 --       join event (JSON).
 -- A presence entry is fenced by epoch: an older connection never overwrites a
 -- newer one's. A join event goes out only when the member was not present.
--- Returns {newest history id or '0-0', newest trimmed id or '', 1 if joined now}.
-redis.call('SADD', KEYS[1], ARGV[1])
+-- Returns {newest history id or '0-0', newest trimmed id or '', 1 if joined now,
+--          1 if the session was not a member before}.
+local added = redis.call('SADD', KEYS[1], ARGV[1])
 local joined = 0
 if ARGV[2] ~= '' then
   local current = redis.call('HGET', KEYS[2], ARGV[1])
@@ -21,4 +22,4 @@ end
 local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
 local head = '0-0'
 if #last > 0 then head = last[1][1] end
-return {head, redis.call('GET', KEYS[4]) or '', joined}
+return {head, redis.call('GET', KEYS[4]) or '', joined, added}
