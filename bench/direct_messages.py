@@ -335,6 +335,37 @@ def _react(reactor: Any, nodes: list[LocalNode], secret: str, args: Any) -> Any:
     return d.addBoth(finish)
 
 
+def add_run_options(parser: argparse.ArgumentParser, deadline: float) -> None:
+    """The options every benchmark takes: where Redis and Kafka are, where node
+    logs go, the hard deadline, the JSON results file and other processes'
+    CPU to report."""
+    add = parser.add_argument
+    add("--redis", default="redis://127.0.0.1:6379/0", help="Redis URL")
+    add("--kafka", default="127.0.0.1:9092", help="Kafka bootstrap servers")
+    add("--run-dir", default=".run/bench", help="where node logs go (.run/bench)")
+    add(
+        "--deadline", type=float, default=deadline, help=f"hard limit, s ({deadline:g})"
+    )
+    add("--json", metavar="PATH", help="append the results as a JSON line to PATH")
+    add(
+        "--cpu-of",
+        action="append",
+        default=[],
+        metavar="NAME=PID",
+        help="also report the CPU use of this process, e.g. redis=1234 (repeatable)",
+    )
+
+
+def parse_run_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> Any:
+    """Parse the command line; ``--cpu-of`` becomes a name-to-pid mapping."""
+    args = parser.parse_args(argv)
+    try:
+        args.cpu_of = {k: int(v) for k, _, v in (s.partition("=") for s in args.cpu_of)}
+    except ValueError:
+        parser.error("--cpu-of takes NAME=PID")
+    return args
+
+
 def parse_args(argv: list[str] | None) -> Any:
     """Parse and check the command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -344,23 +375,8 @@ def parse_args(argv: list[str] | None) -> Any:
     add("--rate", type=float, default=0, help="sends/s in all; 0: unlimited (0)")
     add("--window", type=int, default=1, help="unacked sends/sender if unlimited (1)")
     add("--warmup", type=int, default=2, help="unmeasured sends per sender first (2)")
-    add("--redis", default="redis://127.0.0.1:6379/0", help="Redis URL")
-    add("--kafka", default="127.0.0.1:9092", help="Kafka bootstrap servers")
-    add("--run-dir", default=".run/bench", help="where node logs go (.run/bench)")
-    add("--deadline", type=float, default=300, help="hard limit, seconds (300)")
-    add("--json", metavar="PATH", help="append the results as a JSON line to PATH")
-    add(
-        "--cpu-of",
-        action="append",
-        default=[],
-        metavar="NAME=PID",
-        help="also report the CPU use of this process, e.g. redis=1234 (repeatable)",
-    )
-    args = parser.parse_args(argv)
-    try:
-        args.cpu_of = {k: int(v) for k, _, v in (s.partition("=") for s in args.cpu_of)}
-    except ValueError:
-        parser.error("--cpu-of takes NAME=PID")
+    add_run_options(parser, 300)
+    args = parse_run_options(parser, argv)
     if min(args.pairs, args.messages, args.window) < 1 or args.warmup < 0:
         parser.error("--pairs, --messages and --window must be positive")
     if args.deadline <= STOP_RESERVE + 10:

@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from direct_messages import MACHINE, STEAL
+from direct_messages import MACHINE, STEAL, add_run_options, parse_run_options
 from group_members import LEAVE_TIMEOUT, GroupFanoutBench
 from twisted.internet import defer, task
 from twisted.logger import (
@@ -165,23 +165,8 @@ def parse_args(argv: list[str] | None) -> Any:
     add("--window", type=int, default=1, help="incomplete msgs/publisher if 0 (1)")
     add("--warmup", type=int, default=2, help="unmeasured msgs per publisher (2)")
     add("--connect-concurrency", type=int, default=50, help="joins at once (50)")
-    add("--redis", default="redis://127.0.0.1:6379/0", help="Redis URL")
-    add("--kafka", default="127.0.0.1:9092", help="Kafka bootstrap servers")
-    add("--run-dir", default=".run/bench", help="where node logs go (.run/bench)")
-    add("--deadline", type=float, default=150, help="hard limit, seconds (150)")
-    add("--json", metavar="PATH", help="append the results as a JSON line to PATH")
-    add(
-        "--cpu-of",
-        action="append",
-        default=[],
-        metavar="NAME=PID",
-        help="also report the CPU use of this process, e.g. redis=1234 (repeatable)",
-    )
-    args = parser.parse_args(argv)
-    try:
-        args.cpu_of = {k: int(v) for k, _, v in (s.partition("=") for s in args.cpu_of)}
-    except ValueError:
-        parser.error("--cpu-of takes NAME=PID")
+    add_run_options(parser, 150)
+    args = parse_run_options(parser, argv)
     counts = (args.nodes, args.members, args.publishers, args.messages, args.window)
     if min(*counts, args.connect_concurrency) < 1 or args.warmup < 0:
         parser.error("counts must be positive")
