@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, task
+from twisted.internet import defer
 
 from tests.integration.conftest import Cluster, Services, start_nodes
 from tests.integration.support import connect_raw, http_json, wait_for, within
@@ -144,7 +144,6 @@ def test_killed_nodes_members_leave_within_seconds(
     assert list(held) == [keys.member(alice, "laptop")]
     yield within(defer.DeferredList([b.closed, c.closed]))
     yield close(a)
-    yield task.deferLater(reactor, 0, lambda: None)
 
 
 @pytest_twisted.inlineCallbacks
