@@ -1,3 +1,4 @@
+-- uses: trim
 -- Store one message in a user's inbox, once per (sender, client id).
 -- KEYS: inbox stream, dedupe marker, online-sessions hash, trimmed marker
 --       (one user's slot).
@@ -10,14 +11,7 @@ end
 local id = redis.call('XADD', KEYS[1], '*',
   'f', ARGV[1], 'b', ARGV[2], 't', ARGV[6], 'c', ARGV[7])
 
--- Exact trimming (usually one entry) that remembers the newest id it removed,
--- so a later resume from before it can be told messages were lost.
-local over = redis.call('XLEN', KEYS[1]) - tonumber(ARGV[3])
-if over > 0 then
-  local gone = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', over)
-  redis.call('XTRIM', KEYS[1], 'MAXLEN', ARGV[3])
-  redis.call('SET', KEYS[4], gone[#gone][1], 'EX', ARGV[4])
-end
+trim_exactly(KEYS[1], ARGV[3], KEYS[4], ARGV[4])
 
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('SET', KEYS[2], id, 'EX', ARGV[5])

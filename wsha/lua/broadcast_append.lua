@@ -1,3 +1,4 @@
+-- uses: trim
 -- Store one system broadcast in the history, once per (sender, client id).
 -- KEYS: history stream, dedupe marker, trimmed marker (one broadcast channel's slot).
 -- ARGV: sender, body (JSON), audience (JSON), ts ms, max length, dedupe ttl s,
@@ -27,12 +28,7 @@ local id = redis.call('XADD', KEYS[1], '*', 'f', ARGV[1], 'b', ARGV[2],
 
 -- Exact trimming that remembers the newest id it removed, so that a session
 -- resuming from before it is told it missed broadcasts.
-local over = redis.call('XLEN', KEYS[1]) - tonumber(ARGV[5])
-if over > 0 then
-  local gone = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', over)
-  redis.call('XTRIM', KEYS[1], 'MAXLEN', ARGV[5])
-  redis.call('SET', KEYS[3], gone[#gone][1])
-end
+trim_exactly(KEYS[1], ARGV[5], KEYS[3])
 
 redis.call('SET', KEYS[2], id, 'EX', ARGV[6])
 return {id, prev, 0}

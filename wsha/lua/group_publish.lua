@@ -1,3 +1,4 @@
+-- uses: trim
 -- Store one message in a group's history once per (sender, client id), then
 -- tell every node reading the group: one atomic step in the group's slot.
 -- KEYS: history stream, dedupe marker, trimmed marker, members set.
@@ -21,12 +22,7 @@ if #last > 0 then prev = last[1][1] end
 local id = redis.call('XADD', KEYS[1], '*',
   'f', ARGV[1], 'b', ARGV[2], 't', ARGV[6], 'c', ARGV[7])
 
-local over = redis.call('XLEN', KEYS[1]) - tonumber(ARGV[3])
-if over > 0 then
-  local gone = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', over)
-  redis.call('XTRIM', KEYS[1], 'MAXLEN', ARGV[3])
-  redis.call('SET', KEYS[3], gone[#gone][1], 'EX', ARGV[4])
-end
+trim_exactly(KEYS[1], ARGV[3], KEYS[3], ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('SET', KEYS[2], id, 'EX', ARGV[5])
 
